@@ -1,0 +1,51 @@
+"""Settings of the reconstruction of one window (paper, Methods "Time-resolved Brownian tomography")."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ReconstructConfig"]
+
+
+@dataclass
+class ReconstructConfig:
+    """Reconstruction defaults of the paper and of SIMPLE/SINGLE's nano mode.
+
+    Attributes
+    ----------
+    lowpass_A : float
+        Low-pass limit of the reconstruction, A (paper: 1.5 A).
+    directions : int
+        Discrete projection directions searched (paper: 2500).
+    rounds : int
+        Rounds of orientation refinement -> atoms -> simulated map (paper: 5).
+    local_search_deg : float
+        Half-width of the local orientation search around the best peaks, deg (SIMPLE: 10).
+    shift_px : float
+        Largest shift searched, px (SIMPLE: 5).
+    atom_min_separation_A : float
+        Smallest distance between two atoms found in a map, A (about 2.2 A).
+    """
+
+    lowpass_A: float = 1.5
+    directions: int = 2500
+    rounds: int = 5
+    local_search_deg: float = 10.0
+    shift_px: float = 5.0
+    atom_min_separation_A: float = 2.2
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a one-line reason for an invalid value."""
+        if self.lowpass_A <= 0:
+            raise ValueError(f"reconstruct.lowpass_A must be > 0 A, got {self.lowpass_A}")
+        if self.directions < 10:
+            raise ValueError(f"reconstruct.directions must be >= 10, got {self.directions}")
+        if self.rounds < 1:
+            raise ValueError(f"reconstruct.rounds must be >= 1, got {self.rounds}")
+        if not 0 < self.local_search_deg <= 90:
+            raise ValueError(f"reconstruct.local_search_deg must be in (0, 90], got {self.local_search_deg}")
+        if self.shift_px < 0:
+            raise ValueError(f"reconstruct.shift_px must be >= 0, got {self.shift_px}")
+        if self.atom_min_separation_A <= 0:
+            raise ValueError(
+                f"reconstruct.atom_min_separation_A must be > 0 A, got {self.atom_min_separation_A}"
+            )

@@ -1,0 +1,291 @@
+"""The ``btomo`` command line (``../shared/contracts.md``: every command, every flag).
+
+Each command exits 0 on success and non-zero with a one-line reason on failure: no traceback for
+a user error (a missing file, a malformed option, an invalid setting). Commands whose stage has
+not been built yet say so plainly and exit 3; they never print made-up output.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError, RunConfig, load_config
+from .recording import RecordingError
+
+log = logging.getLogger("btomo")
+
+EXIT_USER_ERROR = 2
+EXIT_NOT_BUILT = 3
+
+# the issue that builds each command not built yet
+NOT_BUILT = {
+    "live": "stream ingest and the per-frame pipeline (issues 3 and 4)",
+    "replay": "stream ingest, recording and replay (issue 3)",
+    "record": "stream ingest, recording and replay (issue 3)",
+    "process": "the per-frame pipeline (issue 4)",
+    "train-denoiser": "the self-supervised denoiser (issue 5)",
+    "denoise": "the self-supervised denoiser (issue 5)",
+    "reconstruct": "3D reconstruction (issue 7)",
+    "analyze": "structure and time-series analysis (issue 8)",
+}
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; reported as one line, exit code 2."""
+
+
+def default_run_dir() -> Path:
+    """``runs/<UTC timestamp>`` (contracts: the default run directory)."""
+    return Path("runs") / _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+# --------------------------------------------------------------------------------------------
+# argument parsing
+# --------------------------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="TOML", help="configuration file (see config.toml of any run)")
+    p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                   help="override one setting, e.g. --set sample.morphology=truncated_octahedron")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _stream_opts(p: argparse.ArgumentParser, *, source: bool = True) -> None:
+    if source:
+        p.add_argument("--source", metavar="URL", help="ZeroMQ address to connect to (default tcp://127.0.0.1:9999)")
+    p.add_argument("--protocol", choices=["btomo", "dectris1", "dectris2"], help="stream protocol")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="btomo",
+        description="Microscope-side streaming processor for time-resolved Brownian tomography.",
+    )
+    parser.add_argument("--version", action="version", version=f"btomo {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="simulate a short etching session and run the pipeline on it")
+    p.add_argument("--seconds", type=float, default=2.0, help="seconds of acquisition to simulate (default 2)")
+    p.add_argument("--run-dir", type=Path, help="run directory (default runs/<UTC timestamp>)")
+    p.add_argument("--shape", help="frame shape HxW (default 512x512 for the demo)")
+    p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the live display")
+    _common(p)
+
+    p = sub.add_parser("simulate", help="write a synthetic recording with its ground truth")
+    p.add_argument("out", type=Path, help="new recording directory")
+    p.add_argument("--frames", type=int, help="frames to write (default 2000)")
+    p.add_argument("--fps", type=float, help="frame rate, frames/s (default 400)")
+    p.add_argument("--shape", help="frame shape HxW, px (default 1920x1728)")
+    p.add_argument("--diameter-nm", type=float, help="initial particle diameter, nm (default 2.0)")
+    p.add_argument("--dose", type=float, help="dose per frame, e/A^2 (default 15)")
+    p.add_argument("--etch-rate", type=float, help="etching rate, atoms/s (default 7)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--particles", type=int, help="particles in the field of view (default 1)")
+    p.add_argument("--morphology", choices=["sphere", "truncated_octahedron"], help="particle shape")
+    p.add_argument("--rot-diffusion", type=float, help="rotational diffusion D_r, rad^2/s (default 0.3)")
+    p.add_argument("--viscosity", type=float, help="viscosity, Pa s: D_r from Stokes-Einstein-Debye instead")
+    p.add_argument("--workers", type=int, help="rendering processes (default: one per core)")
+    p.add_argument("--clean", action="store_true", help="also write noise-free expected counts (truth/clean)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(p)
+
+    p = sub.add_parser("live", help="receive a stream and run the pipeline on it")
+    _stream_opts(p)
+    p.add_argument("--run-dir", type=Path)
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--idle-timeout", type=float, metavar="S")
+    p.add_argument("--no-dashboard", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("replay", help="send a recording or a stack file as a live stream")
+    p.add_argument("source", type=Path, help="recording directory or stack file (MRC, TIFF, Zarr)")
+    p.add_argument("--to", metavar="URL", help="address to bind (default tcp://127.0.0.1:9999)")
+    _stream_opts(p, source=False)
+    p.add_argument("--rate", default="1", help="X times acquisition speed, or 'max'")
+    _common(p)
+
+    p = sub.add_parser("record", help="write a stream to disk losslessly")
+    p.add_argument("out", type=Path)
+    _stream_opts(p)
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--idle-timeout", type=float, metavar="S")
+    _common(p)
+
+    p = sub.add_parser("process", help="the live pipeline, offline, on a recording or stack file")
+    p.add_argument("source", type=Path)
+    p.add_argument("--run-dir", type=Path)
+    p.add_argument("--pixel-size", type=float, metavar="A")
+    p.add_argument("--fps", type=float)
+    _common(p)
+
+    p = sub.add_parser("train-denoiser", help="train the self-supervised denoiser")
+    p.add_argument("source", type=Path)
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL")
+    p.add_argument("--max-minutes", type=float, metavar="M")
+    _common(p)
+
+    p = sub.add_parser("denoise", help="denoise every frame of a recording or stack offline")
+    p.add_argument("source", type=Path)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    _common(p)
+
+    p = sub.add_parser("reconstruct", help="reconstruct one window (3D map and atoms)")
+    p.add_argument("window", help="STORE.zarr/WINDOW_ID")
+    p.add_argument("--out", type=Path)
+    _common(p)
+
+    p = sub.add_parser("analyze", help="structure and time-series analysis with tables and figures")
+    p.add_argument("inputs", nargs="+", type=Path, help="RUN_DIR, or ATOMS_FILE...")
+    p.add_argument("--out", type=Path)
+    _common(p)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("btomo")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def config_from_args(args: argparse.Namespace, flag_map: dict[str, str]) -> RunConfig:
+    """Defaults, then ``--config``, then ``--set``, then the command's own flags."""
+    overrides: dict[str, object] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    for attr, dotted in flag_map.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[dotted] = value
+    return load_config(args.config, overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------
+SIMULATE_FLAGS = {
+    "frames": "simulate.frames", "fps": "acquisition.fps", "shape": "acquisition.shape",
+    "diameter_nm": "sample.diameter_nm", "dose": "acquisition.dose_e_per_A2",
+    "etch_rate": "sample.etch_rate_atoms_s", "seed": "simulate.seed", "particles": "sample.particles",
+    "morphology": "sample.morphology", "rot_diffusion": "sample.rot_diffusion_rad2_s",
+    "viscosity": "sample.viscosity_pa_s", "workers": "simulate.workers",
+}
+
+
+def _reporter(quiet: bool):
+    from .progress import LogReporter, RichReporter  # noqa: PLC0415
+
+    if quiet or not sys.stderr.isatty():
+        return LogReporter(log)
+    from rich.console import Console  # noqa: PLC0415
+
+    return RichReporter(Console(stderr=True))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulator import simulate  # noqa: PLC0415
+
+    cfg = config_from_args(args, SIMULATE_FLAGS)
+    if args.clean:
+        cfg.simulate.save_clean = True
+    if (args.out / "frames.bin").exists():
+        raise UserError(f"{args.out} already holds a recording; choose a new directory")
+    result = simulate(cfg, args.out, reporter=_reporter(args.no_progress))
+    print(f"wrote {result.frames} frames ({result.shape[0]}x{result.shape[1]}) to {result.path} "
+          f"in {result.seconds:.1f} s ({result.fps:.1f} frames/s)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.panel import Panel  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from .simulator import simulate  # noqa: PLC0415
+
+    if args.seconds <= 0 or args.seconds > 60:
+        raise UserError(f"--seconds must be in (0, 60], got {args.seconds}")
+    run_dir = args.run_dir or default_run_dir()
+    cfg = config_from_args(args, {"shape": "acquisition.shape"})
+    if args.shape is None and args.config is None:
+        cfg.acquisition.shape = (512, 512)
+    cfg.simulate.frames = max(1, round(args.seconds * cfg.acquisition.fps))
+    cfg.validate()
+    console = Console()
+    console.print(Panel.fit(
+        f"btomo demo: simulating {args.seconds:g} s of a GLC TEM session "
+        f"({cfg.simulate.frames} frames of {cfg.acquisition.shape[0]}x{cfg.acquisition.shape[1]} at "
+        f"{cfg.acquisition.fps:g} frames/s)\n"
+        "Built so far: the synthetic microscope with ground truth. Ingest, per-frame analysis, "
+        "windows, reconstruction and analysis come with the next issues.",
+        title="btomo"))
+    t0 = time.perf_counter()
+    result = simulate(cfg, run_dir / "recording", reporter=_reporter(args.no_dashboard))
+    table = Table(title="what the simulator made")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("frames", f"{result.frames} ({result.shape[0]}x{result.shape[1]} uint16)")
+    table.add_row("acquisition time", f"{result.frames / cfg.acquisition.fps:.2f} s at {cfg.acquisition.fps:g} frames/s")
+    table.add_row("mean counts per pixel", f"{result.mean_counts:.3f} e (dose x pixel area = "
+                  f"{cfg.acquisition.dose_e_per_A2 * cfg.acquisition.pixel_size_A**2:.3f}, less the water)")
+    for p in range(len(result.atoms_start)):
+        table.add_row(f"particle {p}: atoms", f"{result.atoms_start[p]} -> {result.atoms_end[p]} "
+                      f"({result.etch_events[p]} etched)")
+        table.add_row(f"particle {p}: lattice-visible frames", f"{100 * result.lattice_visible_fraction[p]:.1f} %")
+    table.add_row("recording on disk", f"{result.bytes_written / 1e6:.1f} MB")
+    table.add_row("time taken", f"{time.perf_counter() - t0:.1f} s ({result.fps:.0f} frames/s)")
+    console.print(table)
+    console.print(f"run directory: [bold]{run_dir}[/]  (recording: {result.path}, truth: {result.path / 'truth'})")
+    return 0
+
+
+def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"btomo {name}: not built yet: it comes with {NOT_BUILT[name]}; nothing was done",
+              file=sys.stderr)
+        return EXIT_NOT_BUILT
+
+    return run
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": cmd_demo,
+    "simulate": cmd_simulate,
+    **{name: _not_built(name) for name in NOT_BUILT},
+}
+
+
+def _setup_logging(level: str, run_log: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``btomo`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "INFO"))
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, UserError, RecordingError, FileNotFoundError, FileExistsError) as exc:
+        msg = str(exc) if not isinstance(exc, FileNotFoundError) or not exc.filename else f"no such file: {exc.filename}"
+        print(f"btomo {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"btomo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,506 @@
+"""The one typed configuration of a btomo run.
+
+Every section is a dataclass with the physical defaults of the paper (``reference.md``). A run
+reads it from TOML (``--config FILE``), takes CLI flags on top, checks it once at start
+(:meth:`RunConfig.validate`, a one-line reason for the first bad value) and writes it whole as
+``config.toml`` into its run or recording directory, so that every result says how it was made.
+There is no global configuration object: the config is passed to what needs it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from btomo.analysis.config import AnalysisConfig
+from btomo.reconstruct.config import ReconstructConfig
+
+__all__ = [
+    "ConfigError",
+    "AcquisitionConfig",
+    "MicroscopeConfig",
+    "SampleConfig",
+    "SimulateConfig",
+    "StreamConfig",
+    "FrameConfig",
+    "WindowConfig",
+    "RunConfig",
+    "parse_shape",
+    "load_config",
+    "write_config",
+]
+
+PROTOCOLS = ("btomo", "dectris1", "dectris2")
+QUEUE_POLICIES = ("block", "drop-oldest")
+MORPHOLOGIES = ("sphere", "truncated_octahedron")
+CODECS = ("raw", "blosc-lz4")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; its message is the one-line reason."""
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """Parse ``"HxW"`` (rows x columns) into ``(H, W)``."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"expected a frame shape as HxW (e.g. 1920x1728), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got NaN")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass
+class AcquisitionConfig:
+    """What the detector delivers (paper, Methods "Data acquisition").
+
+    Attributes
+    ----------
+    shape : (int, int)
+        Frame shape (rows, columns), px.
+    pixel_size_A : float
+        Pixel size at the specimen, A/px.
+    fps : float
+        Frame rate, frames/s.
+    dose_e_per_A2 : float
+        Electron dose per frame, e/A^2.
+    """
+
+    shape: tuple[int, int] = (1920, 1728)
+    pixel_size_A: float = 0.358
+    fps: float = 400.0
+    dose_e_per_A2: float = 15.0
+
+    def validate(self) -> None:
+        if len(self.shape) != 2 or min(self.shape) < 16:
+            raise ConfigError(f"acquisition.shape must be two sizes >= 16 px, got {self.shape}")
+        _positive("acquisition.pixel_size_A", self.pixel_size_A)
+        _positive("acquisition.fps", self.fps)
+        _positive("acquisition.dose_e_per_A2", self.dose_e_per_A2)
+
+
+@dataclass
+class MicroscopeConfig:
+    """Electron optics of the simulated microscope (TEAM I, paper Methods).
+
+    Attributes
+    ----------
+    voltage_kv : float
+        Accelerating voltage, kV.
+    cs_um : float
+        Third-order spherical aberration, um (negative: corrected, -11 um in the paper).
+    defocus_A : float
+        Defocus at the focal plane, A, Kirkland's sign (> 0 underfocus). The default -57 A is a
+        slight overfocus that balances Cs = -11 um (``-sqrt(1.5 |Cs| lambda)``): white atoms.
+    convergence_mrad : float
+        Illumination semi-angle, mrad. With the partial-coherence envelope it sets the depth of
+        focus: at 3 mrad the Pt lattice fades beyond about 20-30 nm from the focal plane.
+    focal_spread_A : float
+        Focal spread, A (small: TEAM I corrects chromatic aberration).
+    detector_blur_px : float
+        Gaussian sigma of the detector point-spread beyond pixel integration, px.
+    """
+
+    voltage_kv: float = 300.0
+    cs_um: float = -11.0
+    defocus_A: float = -57.0
+    convergence_mrad: float = 3.0
+    focal_spread_A: float = 20.0
+    detector_blur_px: float = 0.4
+
+    def validate(self) -> None:
+        _positive("microscope.voltage_kv", self.voltage_kv)
+        _positive("microscope.convergence_mrad", self.convergence_mrad, allow_zero=True)
+        _positive("microscope.focal_spread_A", self.focal_spread_A, allow_zero=True)
+        _positive("microscope.detector_blur_px", self.detector_blur_px, allow_zero=True)
+        for name in ("cs_um", "defocus_A"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"microscope.{name} must be finite, got {getattr(self, name)}")
+
+
+@dataclass
+class SampleConfig:
+    """The particles and the liquid around them.
+
+    Attributes
+    ----------
+    particles : int
+        Particles in the field of view.
+    diameter_nm : float
+        Initial particle diameter, nm (sphere: cut diameter; truncated octahedron: diameter of
+        the sphere of equal volume). The paper's particles were 1-3 nm.
+    morphology : {"sphere", "truncated_octahedron"}
+    lattice_A : float
+        FCC lattice constant, A (Pt: 3.92).
+    b_factor_A2 : float
+        Debye-Waller factor of the atoms, A^2.
+    rot_diffusion_rad2_s : float
+        Rotational diffusion constant D_r, rad^2/s (unit-vector correlation exp(-2 D_r t)).
+        Used when ``viscosity_pa_s`` is 0.
+    viscosity_pa_s : float
+        If > 0, D_r comes from Stokes-Einstein-Debye, ``kT / (8 pi eta r^3)``, with r from the
+        current atom count, so that a particle turns faster as it etches. The GLC's effective
+        viscosity is far above water's (1e-3 Pa s): rotation there is retarded.
+    temperature_K : float
+        Temperature for Stokes-Einstein-Debye, K.
+    diffusion_xy_A2_s, diffusion_z_A2_s : float
+        Translational diffusion constants in the image plane and along the beam, A^2/s.
+    z_range_nm : float
+        Depth of the pocket the particle wanders in along the beam, centred on the focal plane,
+        nm (reflecting walls).
+    etch_rate_atoms_s : float
+        Mean rate of oxidative etching, atoms/s (paper: 5-9 atoms/s); a Poisson process.
+    etch_selectivity : float
+        Atoms leave with probability proportional to ``exp(-selectivity * CN)``: low-coordination
+        surface atoms (islands, kinks, steps) first.
+    min_atoms : int
+        Etching stops at this many atoms.
+    liquid_thickness_nm : float
+        Mean water thickness in the beam path, nm (paper: about 10 nm where imaged).
+    liquid_variation : float
+        Relative standard deviation of the smooth random thickness map.
+    liquid_mfp_nm : float
+        Mean free path of 300 kV electrons in water for scattering out of the image, nm.
+    visibility_angle_deg : float
+        Tolerance for a lattice plane (or zone axis) to count as edge-on (aligned) in the truth,
+        deg; 0 means size-dependent: 0.64 d_hkl/D rad for a crystal of diameter D, where the
+        sphere's shape transform falls to half.
+    """
+
+    particles: int = 1
+    diameter_nm: float = 2.0
+    morphology: str = "sphere"
+    lattice_A: float = 3.92
+    b_factor_A2: float = 0.5
+    rot_diffusion_rad2_s: float = 0.3
+    viscosity_pa_s: float = 0.0
+    temperature_K: float = 298.0
+    diffusion_xy_A2_s: float = 100.0
+    diffusion_z_A2_s: float = 2000.0
+    z_range_nm: float = 60.0
+    etch_rate_atoms_s: float = 7.0
+    etch_selectivity: float = 2.0
+    min_atoms: int = 13
+    liquid_thickness_nm: float = 10.0
+    liquid_variation: float = 0.2
+    liquid_mfp_nm: float = 300.0
+    visibility_angle_deg: float = 0.0
+
+    def validate(self) -> None:
+        if self.particles < 1:
+            raise ConfigError(f"sample.particles must be >= 1, got {self.particles}")
+        if not 0.5 <= self.diameter_nm <= 6.0:
+            raise ConfigError(f"sample.diameter_nm must be in [0.5, 6] nm, got {self.diameter_nm}")
+        if self.morphology not in MORPHOLOGIES:
+            raise ConfigError(f"sample.morphology must be one of {MORPHOLOGIES}, got {self.morphology!r}")
+        _positive("sample.lattice_A", self.lattice_A)
+        _positive("sample.temperature_K", self.temperature_K)
+        _positive("sample.liquid_mfp_nm", self.liquid_mfp_nm)
+        for name in (
+            "b_factor_A2", "rot_diffusion_rad2_s", "viscosity_pa_s", "diffusion_xy_A2_s",
+            "diffusion_z_A2_s", "z_range_nm", "etch_rate_atoms_s", "etch_selectivity",
+            "liquid_thickness_nm", "liquid_variation", "visibility_angle_deg",
+        ):
+            _positive(f"sample.{name}", getattr(self, name), allow_zero=True)
+        if self.min_atoms < 1:
+            raise ConfigError(f"sample.min_atoms must be >= 1, got {self.min_atoms}")
+
+
+@dataclass
+class SimulateConfig:
+    """How ``btomo simulate`` runs.
+
+    Attributes
+    ----------
+    frames : int
+        Frames to write.
+    seed : int
+        Seed: the same seed gives the same recording, bit for bit, with any number of workers.
+    workers : int
+        Rendering processes; 0 means one per core.
+    oversample : int
+        Sub-pixel sampling of the exit wave (pixel integration is then exact binning).
+    patch_px : int
+        Side of the neighbourhood rendered at full cost around each particle, px; 0 = automatic.
+    codec : {"raw", "blosc-lz4"}
+        Lossless frame compression of the recording (blosc-lz4 with bitshuffle).
+    block_frames : int
+        Frames per recording block (the unit of flushing and of crash safety).
+    save_clean : bool
+        Also write the noise-free expected counts (float32) as ``truth/clean``.
+    """
+
+    frames: int = 2000
+    seed: int = 0
+    workers: int = 0
+    oversample: int = 2
+    patch_px: int = 0
+    codec: str = "blosc-lz4"
+    block_frames: int = 64
+    save_clean: bool = False
+
+    def validate(self) -> None:
+        if self.frames < 1:
+            raise ConfigError(f"simulate.frames must be >= 1, got {self.frames}")
+        if self.seed < 0:
+            raise ConfigError(f"simulate.seed must be >= 0, got {self.seed}")
+        if self.workers < 0:
+            raise ConfigError(f"simulate.workers must be >= 0, got {self.workers}")
+        if self.oversample not in (1, 2, 3, 4):
+            raise ConfigError(f"simulate.oversample must be 1-4, got {self.oversample}")
+        if self.patch_px < 0:
+            raise ConfigError(f"simulate.patch_px must be >= 0, got {self.patch_px}")
+        if self.codec not in CODECS:
+            raise ConfigError(f"simulate.codec must be one of {CODECS}, got {self.codec!r}")
+        if self.block_frames < 1:
+            raise ConfigError(f"simulate.block_frames must be >= 1, got {self.block_frames}")
+
+
+@dataclass
+class StreamConfig:
+    """Where frames come from and how the ingest queue behaves.
+
+    Attributes
+    ----------
+    protocol : {"btomo", "dectris1", "dectris2"}
+    source : str
+        ZeroMQ address the receiver connects to (the sender binds, as a detector does).
+    queue_frames : int
+        Bound of the ingest queue, frames.
+    queue_policy : {"block", "drop-oldest"}
+        ``block`` applies backpressure to the sender; ``drop-oldest`` drops and counts.
+    max_frames : int
+        Stop after this many frames; 0 = no limit.
+    idle_timeout_s : float
+        Stop after this long without a frame, s; 0 = never.
+    """
+
+    protocol: str = "btomo"
+    source: str = "tcp://127.0.0.1:9999"
+    queue_frames: int = 256
+    queue_policy: str = "block"
+    max_frames: int = 0
+    idle_timeout_s: float = 0.0
+
+    def validate(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"stream.protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.queue_policy not in QUEUE_POLICIES:
+            raise ConfigError(
+                f"stream.queue_policy must be one of {QUEUE_POLICIES}, got {self.queue_policy!r}"
+            )
+        if self.queue_frames < 1:
+            raise ConfigError(f"stream.queue_frames must be >= 1, got {self.queue_frames}")
+        if self.max_frames < 0:
+            raise ConfigError(f"stream.max_frames must be >= 0, got {self.max_frames}")
+        _positive("stream.idle_timeout_s", self.idle_timeout_s, allow_zero=True)
+        if "://" not in self.source:
+            raise ConfigError(f"stream.source must be a ZeroMQ address like tcp://host:port, got {self.source!r}")
+
+
+@dataclass
+class FrameConfig:
+    """Per-frame analysis (paper, Methods "2D image analysis").
+
+    Attributes
+    ----------
+    box_px : int
+        Crop box around each particle, px (paper: 160).
+    tracking_lowpass_A : float
+        Low-pass cutoff for tracking, A (paper: 2.3).
+    snr_window : int
+        Frames in the sliding window of the adjacent-frame SNR.
+    """
+
+    box_px: int = 160
+    tracking_lowpass_A: float = 2.3
+    snr_window: int = 50
+
+    def validate(self) -> None:
+        if self.box_px < 16 or self.box_px % 2:
+            raise ConfigError(f"frames.box_px must be an even size >= 16 px, got {self.box_px}")
+        _positive("frames.tracking_lowpass_A", self.tracking_lowpass_A)
+        if self.snr_window < 2:
+            raise ConfigError(f"frames.snr_window must be >= 2, got {self.snr_window}")
+
+
+@dataclass
+class WindowConfig:
+    """Rolling windows and orientation coverage.
+
+    Attributes
+    ----------
+    directions : int
+        Projection directions on the sphere for coverage (2500, no symmetry assumed).
+    coverage_angle_deg : float
+        A direction is covered within this angle of an assigned frame, deg.
+    coverage_threshold : float
+        Coverage that closes a window.
+    min_frames : int
+        Fewest lattice frames in a window.
+    max_seconds : float
+        Longest window, s (then flagged under-covered).
+    max_diameter_change_nm : float
+        Close the window when the projected diameter has changed by more than this, nm.
+    """
+
+    directions: int = 2500
+    coverage_angle_deg: float = 15.0
+    coverage_threshold: float = 0.9
+    min_frames: int = 500
+    max_seconds: float = 10.0
+    max_diameter_change_nm: float = 0.2
+
+    def validate(self) -> None:
+        if self.directions < 10:
+            raise ConfigError(f"windows.directions must be >= 10, got {self.directions}")
+        if not 0 < self.coverage_angle_deg <= 90:
+            raise ConfigError(f"windows.coverage_angle_deg must be in (0, 90], got {self.coverage_angle_deg}")
+        if not 0 < self.coverage_threshold <= 1:
+            raise ConfigError(f"windows.coverage_threshold must be in (0, 1], got {self.coverage_threshold}")
+        if self.min_frames < 1:
+            raise ConfigError(f"windows.min_frames must be >= 1, got {self.min_frames}")
+        _positive("windows.max_seconds", self.max_seconds)
+        _positive("windows.max_diameter_change_nm", self.max_diameter_change_nm)
+
+
+@dataclass
+class RunConfig:
+    """The whole configuration of a run; written as ``config.toml`` into its directory."""
+
+    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
+    microscope: MicroscopeConfig = field(default_factory=MicroscopeConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    frames: FrameConfig = field(default_factory=FrameConfig)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def validate(self) -> "RunConfig":
+        """Check every section and the rules across them; raise :class:`ConfigError`."""
+        for f in dataclasses.fields(self):
+            try:
+                getattr(self, f.name).validate()
+            except ConfigError:
+                raise
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        box, shape = self.frames.box_px, self.acquisition.shape
+        if box > min(shape):
+            raise ConfigError(f"frames.box_px ({box} px) is larger than the frame {shape[0]}x{shape[1]} px")
+        return self
+
+    # --- TOML ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), ready for TOML."""
+        return {
+            f.name: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(self, f.name)).items()}
+            for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, origin: str = "config") -> "RunConfig":
+        """Build from a nested dict; unknown sections or keys and wrong types are errors."""
+        cfg = cls()
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{origin}: {section!r} must be a table of settings, got {values!r}")
+            for key, value in values.items():
+                cfg.set(f"{section}.{key}", value, origin=origin)
+        return cfg
+
+    def set(self, dotted: str, value: Any, *, origin: str = "config") -> None:
+        """Set ``section.key`` to ``value``, converting and type-checking it."""
+        section, _, key = dotted.partition(".")
+        names = {f.name for f in dataclasses.fields(self)}
+        if section not in names:
+            raise ConfigError(f"{origin}: unknown section {section!r} (expected one of {sorted(names)})")
+        obj = getattr(self, section)
+        if not key:
+            raise ConfigError(f"{origin}: {section!r} must be a table of settings")
+        hints = typing.get_type_hints(type(obj))
+        if key not in hints:
+            raise ConfigError(f"{origin}: unknown setting {dotted!r} (expected one of {sorted(hints)})")
+        setattr(obj, key, _coerce(hints[key], value, f"{origin}: {dotted}"))
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Convert ``value`` (from TOML or a CLI string) to the annotated type, or raise."""
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise TypeError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if origin is tuple:
+            if isinstance(value, str):
+                return parse_shape(value)
+            args = typing.get_args(hint)
+            if not isinstance(value, (list, tuple)) or len(value) != len(args):
+                raise TypeError
+            return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        pass
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{where} expects {name}, got {value!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the TOML file (if given), then ``overrides`` (``section.key`` -> value).
+
+    The result is validated: an invalid value raises :class:`ConfigError` with a one-line reason.
+    """
+    cfg = RunConfig()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+        cfg = RunConfig.from_dict(data, origin=str(p))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            cfg.set(dotted, value, origin="option")
+    return cfg.validate()
+
+
+def write_config(cfg: RunConfig, directory: str | Path) -> Path:
+    """Write ``config.toml`` into ``directory`` (created if needed); return its path."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / "config.toml"
+    header = "# btomo configuration of this run: `btomo ... --config` this file to repeat it\n"
+    out.write_text(header + tomli_w.dumps(cfg.to_dict()))
+    return out

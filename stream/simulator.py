@@ -1,0 +1,759 @@
+"""The synthetic microscope: a GLC TEM session of etching Pt nanocrystals, with ground truth.
+
+What it models (``docs/simulator.md`` has the physics and its sources):
+
+* **Particles**: FCC Pt (a = 3.92 A) cut from the lattice as a sphere or a truncated octahedron.
+* **Brownian motion**: rotational diffusion (D_r set directly, or Stokes-Einstein-Debye from a
+  viscosity and the current size) and translation in x, y and along the beam inside a pocket with
+  reflecting walls. The defocus follows the particle's height, so excursions away from the focal
+  plane make the lattice fade through the partial-coherence envelope.
+* **Oxidative etching**: a Poisson process at the set rate; each event removes one atom, chosen
+  with probability ``exp(-selectivity * CN)``: islands, kinks and steps first.
+* **Image formation**: projected potential from Kirkland's parameterisation (exact, in Fourier
+  space), phase-object transmission, objective transfer at 300 kV with Cs = -11 um and slight
+  overfocus (white atoms), partial spatial and temporal coherence, a ~10 nm water layer with a
+  smooth random thickness (attenuation and mean inner potential) and an amorphous phase texture,
+  oversampled exit wave binned to pixels, detector blur, then Poisson electron counting.
+* **Cost**: the neighbourhood of each particle is rendered at full cost every frame. The rest of
+  the frame is tiled from a bank of pre-rendered water-background tiles (each with its own
+  independent Poisson draw), picked, shifted and flipped at random per tile and frame: the same
+  distribution of counts and texture as a full rendering, without its cost. The particle
+  neighbourhood is blended into it in expected counts and then counted exactly, so there is no
+  seam. The smooth thickness map is applied exactly inside the neighbourhoods; the background
+  tiles use its mean (the map moves the mean counts by well under 1 %).
+
+Every random number comes from a generator seeded by ``(seed, purpose, frame)``: a seed gives the
+same recording, bit for bit, whatever the number of worker processes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError, cKDTree
+
+from btomo.kernels.crystal import (
+    coordination_numbers,
+    d_spacing,
+    equivalent_diameter_A,
+    fcc_cluster,
+    plane_normals,
+    zone_axes,
+)
+from btomo.kernels.optics import electron_wavelength, interaction_constant, spatial_envelope
+from btomo.kernels.potential import projected_potential
+from btomo.kernels.rotation import quat_from_rotvec, quat_multiply, quat_to_matrix, random_quaternion
+
+from .config import RunConfig, write_config
+from .progress import NullReporter, Reporter
+from .recording import RecordingWriter, encode_frame
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ParticleTrack",
+    "EtchEvent",
+    "simulate_trajectories",
+    "FrameRenderer",
+    "frame_truth",
+    "simulate",
+    "SimulationResult",
+]
+
+K_BOLTZMANN = 1.380649e-23  # J/K
+#: mean inner potential of liquid water, V
+WATER_INNER_POTENTIAL_V = 4.8
+#: standard deviation of the amorphous phase of 10 nm of water at 1 A correlation length, rad.
+#: From molecule-number fluctuations: 3.3 molecules/A^2 per 10 nm, ~0.094 rad A^2 each.
+WATER_PHASE_STD_10NM = 0.08
+WATER_CORRELATION_A = 1.0
+#: metallic radius of Pt, A, for the projected-diameter truth
+PT_METALLIC_RADIUS_A = 1.39
+
+#: x at which the shape transform of a sphere falls to half, over pi: tilt = 0.64 d / D
+SHAPE_HALF_MAX = 0.64
+
+_ZONES = {"110": (1, 1, 0), "100": (1, 0, 0), "111": (1, 1, 1), "112": (1, 1, 2)}
+_PLANES = ((1, 1, 1), (2, 0, 0), (2, 2, 0))  # the lattice band of the paper: {111}..{220}
+
+
+# --------------------------------------------------------------------------------------------
+# Trajectories: motion and etching (cheap, sequential, in the main process)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class EtchEvent:
+    """One atom leaving a particle.
+
+    Attributes
+    ----------
+    t_s : float
+        Time of the event, s.
+    frame : int
+        First frame without the atom.
+    atom : int
+        Atom id (row of the particle's initial atom table).
+    cn : int
+        Its coordination number when it left.
+    n_after : int
+        Atoms left after the event.
+    """
+
+    t_s: float
+    frame: int
+    atom: int
+    cn: int
+    n_after: int
+
+
+@dataclass
+class ParticleTrack:
+    """Ground-truth trajectory of one particle over all frames.
+
+    Attributes
+    ----------
+    atoms0 : (N, 3) float64
+        Initial atom positions in the particle (body) frame, A; the row is the atom id.
+    gone_frame : (N,) int64
+        First frame without each atom (the frame count if it never leaves).
+    events : list of EtchEvent
+    origin_px : (F, 2) float64
+        Body origin in the frame, (x, y) px (x = column, y = row).
+    z_A : (F,) float64
+        Height along the beam relative to the focal plane, A (adds to the defocus).
+    quat : (F, 4) float64
+        Orientation quaternions (body -> lab), scalar first.
+    rot_diffusion : (F,) float64
+        D_r in force at each frame, rad^2/s.
+    """
+
+    atoms0: np.ndarray
+    gone_frame: np.ndarray
+    events: list[EtchEvent]
+    origin_px: np.ndarray
+    z_A: np.ndarray
+    quat: np.ndarray
+    rot_diffusion: np.ndarray
+
+    def present(self, frame: int) -> np.ndarray:
+        """Boolean mask of the atoms present in ``frame``."""
+        return self.gone_frame > frame
+
+    def etch_step(self, frame: int) -> int:
+        """Etching events that happened up to ``frame``."""
+        return int(np.searchsorted([e.frame for e in self.events], frame, side="right"))
+
+    def lab_atoms(self, frame: int) -> np.ndarray:
+        """Atoms present in ``frame`` in lab coordinates relative to the body origin, A."""
+        return self.atoms0[self.present(frame)] @ quat_to_matrix(self.quat[frame]).T
+
+
+def _sed_rot_diffusion(n_atoms: int, viscosity: float, temperature: float, a: float) -> float:
+    """Stokes-Einstein-Debye D_r = kT / (8 pi eta r^3), rad^2/s, r from the atom count."""
+    r_m = 0.5 * equivalent_diameter_A(n_atoms, a) * 1e-10
+    return K_BOLTZMANN * temperature / (8.0 * math.pi * viscosity * r_m**3)
+
+
+def _reflect(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Fold positions back into [lo, hi] (reflecting walls)."""
+    span = hi - lo
+    y = np.mod(x - lo, 2.0 * span)
+    return lo + np.where(y > span, 2.0 * span - y, y)
+
+
+def _margin_px(cfg: RunConfig) -> float:
+    """Closest a particle centre may come to the frame edge, px."""
+    patch = patch_size_px(cfg)
+    return float(min(max(cfg.frames.box_px, patch) / 2.0, min(cfg.acquisition.shape) / 2.0 - 1))
+
+
+def patch_size_px(cfg: RunConfig) -> int:
+    """Side of the neighbourhood rendered at full cost, px (a multiple of 16)."""
+    if cfg.simulate.patch_px:
+        return int(cfg.simulate.patch_px)
+    extent_A = 10.0 * cfg.sample.diameter_nm + 2 * 12.0  # potential tails, delocalisation, taper
+    return int(16 * math.ceil(extent_A / cfg.acquisition.pixel_size_A / 16))
+
+
+def simulate_trajectories(cfg: RunConfig, n_frames: int | None = None) -> list[ParticleTrack]:
+    """Brownian motion and etching of every particle, frame by frame (deterministic in the seed).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Uses ``acquisition``, ``sample``, ``microscope`` and ``simulate.seed``.
+    n_frames : int, optional
+        Frames to simulate (default ``cfg.simulate.frames``).
+    """
+    s, acq = cfg.sample, cfg.acquisition
+    n_frames = cfg.simulate.frames if n_frames is None else n_frames
+    dt = 1.0 / acq.fps
+    pix = acq.pixel_size_A
+    rows, cols = acq.shape
+    rng = np.random.default_rng([cfg.simulate.seed, 0])
+    margin = _margin_px(cfg)
+    lo_xy = np.array([margin, margin])
+    hi_xy = np.array([cols - 1 - margin, rows - 1 - margin])
+    half_z = 5.0 * s.z_range_nm  # A
+    tracks = []
+    for p in range(s.particles):
+        atoms0 = fcc_cluster(s.diameter_nm, s.morphology, s.lattice_A)
+        n0 = len(atoms0)
+        pairs = cKDTree(atoms0).query_pairs(r=3.41, output_type="ndarray")
+        neighbours: list[list[int]] = [[] for _ in range(n0)]
+        for i, j in pairs:
+            neighbours[i].append(j)
+            neighbours[j].append(i)
+        cn = np.array([len(nb) for nb in neighbours], dtype=np.int64)
+        present = np.ones(n0, dtype=bool)
+        gone = np.full(n0, n_frames, dtype=np.int64)
+        events: list[EtchEvent] = []
+        next_t = rng.exponential(1.0 / s.etch_rate_atoms_s) if s.etch_rate_atoms_s > 0 else math.inf
+
+        if p == 0:  # the particle of interest starts near the centre, in focus
+            xy = np.array([cols / 2.0, rows / 2.0]) + rng.normal(0, 5.0, 2)
+            z = 0.0
+        else:
+            xy = lo_xy + rng.random(2) * (hi_xy - lo_xy)
+            z = (rng.random() - 0.5) * 2 * half_z
+        xy = _reflect(xy, lo_xy, hi_xy)
+        q = random_quaternion(rng)
+        origin = np.empty((n_frames, 2))
+        zs = np.empty(n_frames)
+        quats = np.empty((n_frames, 4))
+        drs = np.empty(n_frames)
+        sd_xy = math.sqrt(2 * s.diffusion_xy_A2_s * dt) / pix
+        sd_z = math.sqrt(2 * s.diffusion_z_A2_s * dt)
+        for f in range(n_frames):
+            t = f * dt
+            while next_t <= t and present.sum() > s.min_atoms:
+                cand = present & (cn < 12)
+                if not cand.any():
+                    cand = present
+                idx = np.flatnonzero(cand)
+                w = np.exp(-s.etch_selectivity * (cn[idx] - cn[idx].min()))
+                i = int(rng.choice(idx, p=w / w.sum()))
+                present[i] = False
+                gone[i] = f
+                for j in neighbours[i]:
+                    cn[j] -= 1
+                events.append(EtchEvent(float(next_t), f, i, int(cn[i]), int(present.sum())))
+                next_t += rng.exponential(1.0 / s.etch_rate_atoms_s)
+            if f > 0:
+                dr = drs[f - 1]
+                n_sub = max(1, math.ceil(2 * dr * dt / 0.01))
+                for _ in range(n_sub):
+                    q = quat_multiply(quat_from_rotvec(rng.normal(0, math.sqrt(2 * dr * dt / n_sub), 3)), q)
+                q = q / np.linalg.norm(q)
+                xy = _reflect(xy + rng.normal(0, sd_xy, 2), lo_xy, hi_xy)
+                z = float(_reflect(np.array(z + rng.normal(0, sd_z)), -half_z, half_z)) if half_z > 0 else 0.0
+            origin[f], zs[f], quats[f] = xy, z, q
+            drs[f] = (
+                _sed_rot_diffusion(int(present.sum()), s.viscosity_pa_s, s.temperature_K, s.lattice_A)
+                if s.viscosity_pa_s > 0
+                else s.rot_diffusion_rad2_s
+            )
+        tracks.append(ParticleTrack(atoms0, gone, events, origin, zs, quats, drs))
+    return tracks
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth per frame
+# --------------------------------------------------------------------------------------------
+def projected_diameter_nm(lab_atoms: np.ndarray) -> float:
+    """Equivalent-circle diameter of the projection, nm.
+
+    Area of the 2D convex hull of the projected atom centres grown by the Pt metallic radius
+    (hull area + perimeter * r + pi r^2), as a circle: ``2 sqrt(A / pi)``.
+    """
+    xy = lab_atoms[:, :2]
+    r = PT_METALLIC_RADIUS_A
+    try:
+        hull = ConvexHull(xy)
+        area = hull.volume + hull.area * r + math.pi * r * r  # 2D: volume = area, area = perimeter
+    except (QhullError, ValueError):  # fewer than 3 atoms or collinear
+        span = float(np.ptp(xy, axis=0).max()) if len(xy) > 1 else 0.0
+        area = 2 * r * span + math.pi * r * r
+    return 2.0 * math.sqrt(area / math.pi) / 10.0
+
+
+TRUTH_COLUMNS = [
+    "frame", "t_s", "particle", "x_px", "y_px", "z_A", "qw", "qx", "qy", "qz",
+    "zone_axis", "zone_angle_deg", "zone_axis_visible", "fringes_visible", "focus_envelope",
+    "in_focus", "lattice_visible", "projected_diameter_nm", "n_atoms", "etch_step",
+]
+
+
+def frame_truth(cfg: RunConfig, track: ParticleTrack, frame: int, particle: int) -> dict:
+    """The ground-truth row of one particle in one frame (columns :data:`TRUTH_COLUMNS`).
+
+    * ``x_px``, ``y_px``: projected centroid of the atoms present (x = column, y = row, origin at
+      the centre of pixel (0, 0)).
+    * ``zone_axis`` / ``zone_angle_deg``: the nearest of <110>, <100>, <111>, <112> to the beam;
+      ``zone_axis_visible`` when it is within the visibility angle.
+    * ``fringes_visible``: some {111}, {200} or {220} plane is edge-on within its visibility
+      angle: the tilt at which the sphere's shape transform ``3 (sin x - x cos x) / x^3``,
+      ``x = pi D g sin(tilt)``, falls to half, i.e. ``0.64 d_hkl / D`` rad for a crystal of
+      diameter D (or the set angle).
+    * ``focus_envelope``: the spatial-coherence envelope at the {111} frequency at this height;
+      ``in_focus`` when it is at least 0.5. ``lattice_visible`` = fringes and in focus.
+    """
+    s, mic = cfg.sample, cfg.microscope
+    pix = cfg.acquisition.pixel_size_A
+    rot = quat_to_matrix(track.quat[frame])
+    lab = track.lab_atoms(frame)
+    n_atoms = len(lab)
+    centre = track.origin_px[frame] + lab[:, :2].mean(axis=0) / pix
+    beam_body = rot[2]  # the lab z axis seen in the body frame
+    diam_A = equivalent_diameter_A(n_atoms, s.lattice_A)
+    fixed = math.radians(s.visibility_angle_deg) if s.visibility_angle_deg > 0 else None
+
+    best_zone, best_angle = "", 180.0
+    for name, uvw in _ZONES.items():
+        ang = math.degrees(math.acos(min(1.0, float(np.abs(zone_axes(uvw) @ beam_body).max()))))
+        if ang < best_angle:
+            best_zone, best_angle = name, ang
+    zone_tol = fixed if fixed is not None else SHAPE_HALF_MAX * d_spacing((1, 1, 1), s.lattice_A) / diam_A
+    fringes = False
+    for hkl in _PLANES:
+        tol = fixed if fixed is not None else SHAPE_HALF_MAX * d_spacing(hkl, s.lattice_A) / diam_A
+        if float(np.abs(plane_normals(hkl) @ beam_body).min()) < math.sin(tol):
+            fringes = True
+    lam = electron_wavelength(mic.voltage_kv)
+    k111 = 1.0 / d_spacing((1, 1, 1), s.lattice_A)
+    env = float(
+        spatial_envelope(np.float64(k111), lam, mic.defocus_A + track.z_A[frame], mic.cs_um * 1e4,
+                         mic.convergence_mrad * 1e-3)
+    )
+    q = track.quat[frame]
+    return {
+        "frame": frame,
+        "t_s": frame / cfg.acquisition.fps,
+        "particle": particle,
+        "x_px": float(centre[0]),
+        "y_px": float(centre[1]),
+        "z_A": float(track.z_A[frame]),
+        "qw": float(q[0]), "qx": float(q[1]), "qy": float(q[2]), "qz": float(q[3]),
+        "zone_axis": best_zone,
+        "zone_angle_deg": best_angle,
+        "zone_axis_visible": int(math.radians(best_angle) < zone_tol),
+        "fringes_visible": int(fringes),
+        "focus_envelope": env,
+        "in_focus": int(env >= 0.5),
+        "lattice_visible": int(fringes and env >= 0.5),
+        "projected_diameter_nm": projected_diameter_nm(lab),
+        "n_atoms": n_atoms,
+        "etch_step": track.etch_step(frame),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Image formation
+# --------------------------------------------------------------------------------------------
+class _Optics:
+    """Objective transfer on one grid, with the defocus-independent parts cached."""
+
+    def __init__(self, shape: tuple[int, int], pixel_size_A: float, cfg: RunConfig):
+        mic = cfg.microscope
+        self.lam = electron_wavelength(mic.voltage_kv)
+        cs = mic.cs_um * 1e4
+        ky = np.fft.fftfreq(shape[0], d=pixel_size_A)[:, None]
+        kx = np.fft.fftfreq(shape[1], d=pixel_size_A)[None, :]
+        k2 = ky * ky + kx * kx
+        k = np.sqrt(k2)
+        self._chi_cs = math.pi * self.lam * k2 * 0.5 * cs * self.lam**2 * k2
+        self._chi_df = math.pi * self.lam * k2
+        self._g_cs = cs * self.lam**3 * k**3
+        self._g_df = self.lam * k
+        self._a = (math.pi * mic.convergence_mrad * 1e-3 / self.lam) ** 2
+        self._temporal = np.exp(-0.5 * (math.pi * self.lam * mic.focal_spread_A) ** 2 * k2 * k2)
+
+    def transfer(self, defocus_A: float) -> np.ndarray:
+        """``exp(-i chi) E_s E_t`` at this defocus (Kirkland sign), complex64."""
+        chi = self._chi_cs - self._chi_df * defocus_A
+        grad = self._g_cs - self._g_df * defocus_A
+        env = np.exp(-self._a * grad * grad) * self._temporal
+        return (np.exp(-1j * chi) * env).astype(np.complex64)
+
+
+@dataclass
+class _Bank:
+    """Pre-rendered background tiles, stored 2x2 periodically so any shift is a view."""
+
+    counts: np.ndarray  # (K, 2t, 2t) uint16
+    lam: np.ndarray  # (K, 2t, 2t) float32, expected counts
+    tile: int
+
+
+class FrameRenderer:
+    """Renders frame ``f`` of a session from its trajectories (used in each worker process)."""
+
+    BANK_TILES = 24
+
+    def __init__(self, cfg: RunConfig, tracks: list[ParticleTrack]):
+        self.cfg = cfg
+        self.tracks = tracks
+        acq, mic, s = cfg.acquisition, cfg.microscope, cfg.sample
+        self.shape = tuple(acq.shape)
+        self.pix = acq.pixel_size_A
+        self.os = cfg.simulate.oversample
+        self.sigma = interaction_constant(mic.voltage_kv)
+        self.counts_per_unit = acq.dose_e_per_A2 * self.pix * self.pix  # e/px for intensity 1
+        self.patch = min(patch_size_px(cfg), *self.shape)
+        self.taper = max(2, self.patch // 12)
+        self.thickness_A = self._thickness_map()
+        self.mean_thickness_A = float(self.thickness_A.mean())
+        self._optics: dict[tuple[int, int], _Optics] = {}
+        self._blur: dict[tuple[int, int], np.ndarray] = {}
+        self.weight = self._taper_weight(self.patch, self.taper)
+        self.bank = self._make_bank()
+
+    # -- building blocks ------------------------------------------------------------------
+    def _thickness_map(self) -> np.ndarray:
+        """Smooth random water thickness over the frame, A (correlation ~ 10 nm)."""
+        s = self.cfg.sample
+        mean = 10.0 * s.liquid_thickness_nm
+        rows, cols = self.shape
+        step = 16
+        rng = np.random.default_rng([self.cfg.simulate.seed, 3])
+        coarse = rng.standard_normal((rows // step + 3, cols // step + 3))
+        coarse = ndimage.gaussian_filter(coarse, sigma=100.0 / (self.pix * step), mode="wrap")
+        coarse = (coarse - coarse.mean()) / (coarse.std() + 1e-12)
+        fine = ndimage.zoom(coarse, step, order=1)[:rows, :cols]
+        return np.clip(mean * (1.0 + s.liquid_variation * fine), 0.0, None).astype(np.float32)
+
+    def optics(self, shape: tuple[int, int]) -> _Optics:
+        if shape not in self._optics:
+            self._optics[shape] = _Optics(shape, self.pix / self.os, self.cfg)
+        return self._optics[shape]
+
+    def _detector_mtf(self, shape: tuple[int, int]) -> np.ndarray:
+        if shape not in self._blur:
+            sig = self.cfg.microscope.detector_blur_px
+            ky = np.fft.fftfreq(shape[0])[:, None]
+            kx = np.fft.fftfreq(shape[1])[None, :]
+            self._blur[shape] = np.exp(-2 * math.pi**2 * sig * sig * (ky * ky + kx * kx)).astype(np.float32)
+        return self._blur[shape]
+
+    @staticmethod
+    def _taper_weight(n: int, width: int) -> np.ndarray:
+        ramp = np.ones(n, dtype=np.float32)
+        x = (np.arange(width) + 0.5) / width
+        ramp[:width] = 0.5 - 0.5 * np.cos(math.pi * x)
+        ramp[-width:] = ramp[:width][::-1]
+        return np.outer(ramp, ramp)
+
+    def intensity(
+        self,
+        shape: tuple[int, int],
+        atoms_yx_A: np.ndarray | None,
+        thickness_A: np.ndarray | float,
+        defocus_A: float,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Image intensity (vacuum = 1) of a region, px grid ``shape``, float32.
+
+        Parameters
+        ----------
+        atoms_yx_A : (n, 2) array or None
+            Atom positions (row, column) in A from the centre of the region's pixel (0, 0).
+        thickness_A : array of ``shape`` or float
+            Water thickness, A.
+        defocus_A : float
+            Defocus (Kirkland sign), A.
+        """
+        o = self.os
+        fine = (shape[0] * o, shape[1] * o)
+        fpix = self.pix / o
+        s = self.cfg.sample
+        t = np.broadcast_to(np.asarray(thickness_A, dtype=np.float32), shape)
+        t_fine = np.repeat(np.repeat(t, o, axis=0), o, axis=1) if o > 1 else t
+        phase = (self.sigma * WATER_INNER_POTENTIAL_V) * t_fine
+        if s.liquid_thickness_nm > 0:
+            noise = rng.standard_normal(fine, dtype=np.float32)
+            corr_px = WATER_CORRELATION_A / fpix
+            ky = np.fft.fftfreq(fine[0])[:, None]
+            kx = np.fft.fftfreq(fine[1])[None, :]
+            g = np.exp(-2 * math.pi**2 * corr_px**2 * (ky * ky + kx * kx)).astype(np.float32)
+            amorph = np.fft.ifft2(np.fft.fft2(noise) * g).real.astype(np.float32)
+            # white noise of unit variance filtered by a unit-sum Gaussian: variance 1/(4 pi s^2)
+            amorph *= WATER_PHASE_STD_10NM * math.sqrt(4 * math.pi) * corr_px
+            phase = phase + amorph * np.sqrt(t_fine / 100.0)
+        if atoms_yx_A is not None and len(atoms_yx_A):
+            shifted = atoms_yx_A + 0.5 * (o - 1) * fpix
+            phase = phase + self.sigma * projected_potential(shifted, fine, fpix, b_factor_A2=s.b_factor_A2)
+        amp = np.exp(-t_fine / (2.0 * 10.0 * s.liquid_mfp_nm))
+        psi = (amp * np.exp(1j * phase)).astype(np.complex64)
+        wave = np.fft.ifft2(np.fft.fft2(psi) * self.optics(fine).transfer(defocus_A))
+        inten = (wave.real**2 + wave.imag**2).astype(np.float32)
+        if o > 1:
+            inten = inten.reshape(shape[0], o, shape[1], o).mean(axis=(1, 3))
+        if self.cfg.microscope.detector_blur_px > 0:
+            inten = np.fft.ifft2(np.fft.fft2(inten) * self._detector_mtf(shape)).real.astype(np.float32)
+        return inten
+
+    def _make_bank(self) -> _Bank:
+        t = min(256, *self.shape)
+        rng = np.random.default_rng([self.cfg.simulate.seed, 2])
+        counts = np.empty((self.BANK_TILES, 2 * t, 2 * t), dtype=np.uint16)
+        lam = np.empty((self.BANK_TILES, 2 * t, 2 * t), dtype=np.float32)
+        for k in range(self.BANK_TILES):
+            inten = self.intensity((t, t), None, self.mean_thickness_A, self.cfg.microscope.defocus_A, rng)
+            lt = np.maximum(inten * self.counts_per_unit, 0).astype(np.float32)
+            ct = np.minimum(rng.poisson(lt), 65535).astype(np.uint16)
+            counts[k] = np.tile(ct, (2, 2))
+            lam[k] = np.tile(lt, (2, 2))
+        return _Bank(counts, lam, t)
+
+    def _background(self, rng: np.random.Generator, want_lam: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Tile the frame from the bank: random tile, shift and flip per tile position."""
+        rows, cols = self.shape
+        b = self.bank
+        t = b.tile
+        counts = np.empty(self.shape, dtype=np.uint16)
+        lam = np.empty(self.shape, dtype=np.float32) if want_lam else None
+        oy, ox = (int(v) for v in rng.integers(0, t, 2))
+        for y0 in range(-oy, rows, t):
+            for x0 in range(-ox, cols, t):
+                k = int(rng.integers(b.counts.shape[0]))
+                ry, rx = (int(v) for v in rng.integers(0, t, 2))
+                flip = int(rng.integers(4))
+                sy = slice(max(y0, 0), min(y0 + t, rows))
+                sx = slice(max(x0, 0), min(x0 + t, cols))
+                ty = slice(ry + sy.start - y0, ry + sy.stop - y0)
+                tx = slice(rx + sx.start - x0, rx + sx.stop - x0)
+                for src, dst in ((b.counts, counts), (b.lam, lam)):
+                    if dst is None:
+                        continue
+                    tile = src[k]
+                    if flip & 1:
+                        tile = tile[::-1]
+                    if flip & 2:
+                        tile = tile[:, ::-1]
+                    dst[sy, sx] = tile[ty, tx]
+        return counts, lam
+
+    # -- one frame ------------------------------------------------------------------------
+    def render(self, frame: int, want_clean: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Counts (uint16) of ``frame``, and its expected counts (float32) if ``want_clean``."""
+        rng = np.random.default_rng([self.cfg.simulate.seed, 1, frame])
+        counts, lam_bg = self._background(rng, want_lam=True)
+        rows, cols = self.shape
+        n = self.patch
+        lam_full = lam_bg if want_clean else None
+        for track in self.tracks:
+            lab = track.lab_atoms(frame)
+            ox, oy = track.origin_px[frame]
+            # the patch is aligned to frame pixels around the particle origin
+            py0, px0 = int(round(oy)) - n // 2, int(round(ox)) - n // 2
+            sy = slice(max(py0, 0), min(py0 + n, rows))
+            sx = slice(max(px0, 0), min(px0 + n, cols))
+            if sy.stop <= sy.start or sx.stop <= sx.start:
+                continue
+            # atom (row, column) in A from the patch's pixel (0, 0) centre
+            yx = np.stack([(oy - py0) * self.pix + lab[:, 1], (ox - px0) * self.pix + lab[:, 0]], axis=1)
+            thick = np.full((n, n), self.mean_thickness_A, dtype=np.float32)
+            thick[sy.start - py0 : sy.stop - py0, sx.start - px0 : sx.stop - px0] = self.thickness_A[sy, sx]
+            defocus = self.cfg.microscope.defocus_A + float(track.z_A[frame])
+            lam_patch = self.intensity((n, n), yx, thick, defocus, rng) * self.counts_per_unit
+            ly = slice(sy.start - py0, sy.stop - py0)
+            lx = slice(sx.start - px0, sx.stop - px0)
+            w = self.weight[ly, lx]
+            lam = np.maximum(w * lam_patch[ly, lx] + (1.0 - w) * lam_bg[sy, sx], 0.0)
+            counts[sy, sx] = np.minimum(rng.poisson(lam), 65535).astype(np.uint16)
+            if lam_full is not None:
+                lam_full[sy, sx] = lam
+        return counts, lam_full
+
+
+# --------------------------------------------------------------------------------------------
+# Worker processes
+# --------------------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _worker_init(cfg_dict: dict, tracks: list[ParticleTrack]) -> None:
+    cfg = RunConfig.from_dict(cfg_dict)
+    _WORKER["renderer"] = FrameRenderer(cfg, tracks)
+    _WORKER["codec"] = cfg.simulate.codec
+    _WORKER["clean"] = cfg.simulate.save_clean
+
+
+def _render_chunk(frames: list[int]) -> list[tuple]:
+    r: FrameRenderer = _WORKER["renderer"]
+    out = []
+    for f in frames:
+        counts, lam = r.render(f, want_clean=_WORKER["clean"])
+        data = encode_frame(counts, _WORKER["codec"])
+        clean = None
+        if lam is not None:
+            cdata = encode_frame(lam, _WORKER["codec"])
+            clean = (cdata, zlib.crc32(cdata))
+        out.append((f, data, zlib.crc32(data), float(counts.mean()), clean))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SimulationResult:
+    """What ``simulate`` made, for the CLI summary and the demo."""
+
+    path: Path
+    frames: int
+    shape: tuple[int, int]
+    seconds: float
+    bytes_written: int
+    mean_counts: float
+    lattice_visible_fraction: list[float] = field(default_factory=list)
+    atoms_start: list[int] = field(default_factory=list)
+    atoms_end: list[int] = field(default_factory=list)
+    etch_events: list[int] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _write_truth(cfg: RunConfig, tracks: list[ParticleTrack], out: Path) -> list[float]:
+    from ase import Atoms  # noqa: PLC0415 - ASE only where atoms are written
+    from ase.io import write as ase_write  # noqa: PLC0415
+
+    truth = out / "truth"
+    truth.mkdir(parents=True, exist_ok=True)
+    n_frames = len(tracks[0].quat)
+    visible = [0] * len(tracks)
+    with open(truth / "frames.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=TRUTH_COLUMNS)
+        wr.writeheader()
+        for f in range(n_frames):
+            for p, tr in enumerate(tracks):
+                row = frame_truth(cfg, tr, f, p)
+                visible[p] += row["lattice_visible"]
+                wr.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    with open(truth / "etch_steps.csv", "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["particle", "step", "t_s", "frame", "atom", "cn", "n_atoms"])
+        for p, tr in enumerate(tracks):
+            for k, e in enumerate(tr.events, start=1):
+                wr.writerow([p, k, f"{e.t_s:.6f}", e.frame, e.atom, e.cn, e.n_after])
+    particles = []
+    for p, tr in enumerate(tracks):
+        steps = [0] + [e.frame for e in tr.events]
+        images = []
+        for k, f in enumerate(steps):
+            mask = tr.gone_frame > f if k else np.ones(len(tr.atoms0), dtype=bool)
+            a = Atoms(symbols=["Pt"] * int(mask.sum()), positions=tr.atoms0[mask])
+            a.new_array("id", np.flatnonzero(mask).astype(np.int64))
+            a.info.update(step=k, frame=int(f), t_s=float(f / cfg.acquisition.fps))
+            images.append(a)
+        ase_write(truth / f"atoms_p{p}.xyz", images, format="extxyz")
+        particles.append({
+            "particle": p,
+            "atoms_initial": int(len(tr.atoms0)),
+            "atoms_final": int(tr.present(n_frames - 1).sum()),
+            "etch_events": len(tr.events),
+            "diameter_nm": cfg.sample.diameter_nm,
+            "morphology": cfg.sample.morphology,
+            "rot_diffusion_rad2_s_first": float(tr.rot_diffusion[0]),
+            "rot_diffusion_rad2_s_last": float(tr.rot_diffusion[-1]),
+            "atoms_file": f"atoms_p{p}.xyz",
+        })
+    (truth / "particles.json").write_text(json.dumps({"particles": particles}, indent=2))
+    return [v / n_frames for v in visible]
+
+
+def simulate(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> SimulationResult:
+    """Write a synthetic recording with its ground truth into ``out`` (see ``docs/recording.md``).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Validated configuration; ``simulate``, ``acquisition``, ``microscope`` and ``sample`` are
+        used.
+    out : path
+        New recording directory (must not hold a recording already).
+    reporter : Reporter, optional
+        Progress of the rendering, one update per frame.
+    """
+    reporter = reporter or NullReporter()
+    out = Path(out)
+    t0 = time.perf_counter()
+    n_frames = cfg.simulate.frames
+    tracks = simulate_trajectories(cfg)
+    write_config(cfg, out)
+    meta = {"source": "btomo simulate", "series": 1, "seed": cfg.simulate.seed,
+            "dose_e_per_A2": cfg.acquisition.dose_e_per_A2}
+    writer = RecordingWriter(out, shape=cfg.acquisition.shape, dtype=np.uint16,
+                             pixel_size_A=cfg.acquisition.pixel_size_A, fps=cfg.acquisition.fps,
+                             codec=cfg.simulate.codec, block_frames=cfg.simulate.block_frames, meta=meta)
+    clean_writer = None
+    if cfg.simulate.save_clean:
+        clean_writer = RecordingWriter(out / "truth" / "clean", shape=cfg.acquisition.shape, dtype=np.float32,
+                                       pixel_size_A=cfg.acquisition.pixel_size_A, fps=cfg.acquisition.fps,
+                                       codec=cfg.simulate.codec, block_frames=cfg.simulate.block_frames,
+                                       meta={**meta, "content": "expected counts before Poisson noise"})
+    workers = cfg.simulate.workers or os.cpu_count() or 1
+    workers = max(1, min(workers, n_frames))
+    chunk = max(1, min(16, n_frames // (4 * workers) or 1))
+    chunks = [list(range(i, min(i + chunk, n_frames))) for i in range(0, n_frames, chunk)]
+    mean_counts = 0.0
+    reporter.start(n_frames, "simulate")
+    log.info("simulating %d frames of %dx%d on %d worker(s)", n_frames, *cfg.acquisition.shape, workers)
+    try:
+        if workers == 1:
+            _worker_init(cfg.to_dict(), tracks)
+            results = map(_render_chunk, chunks)
+            pool = None
+        else:
+            # one BLAS thread per worker: the workers are the parallelism
+            env_keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            saved = {k: os.environ.get(k) for k in env_keys}
+            os.environ.update({k: "1" for k in env_keys})
+            try:
+                pool = mp.get_context("spawn").Pool(workers, _worker_init, (cfg.to_dict(), tracks))
+            finally:
+                for k, v in saved.items():
+                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            results = pool.imap(_render_chunk, chunks)
+        for batch in results:
+            for f, data, crc, mean, clean in batch:
+                t_ns = round(f * 1e9 / cfg.acquisition.fps)
+                writer.append_encoded(data, crc, frame_index=f, t_ns=t_ns)
+                if clean_writer is not None and clean is not None:
+                    clean_writer.append_encoded(clean[0], clean[1], frame_index=f, t_ns=t_ns)
+                mean_counts += mean / n_frames
+                reporter.update(1)
+        if pool is not None:
+            pool.close()
+            pool.join()
+    except BaseException:
+        if workers > 1 and pool is not None:
+            pool.terminate()
+        writer.flush()
+        raise
+    finally:
+        reporter.end()
+    visible = _write_truth(cfg, tracks, out)
+    writer.close(frames_expected=n_frames)
+    if clean_writer is not None:
+        clean_writer.close()
+    seconds = time.perf_counter() - t0
+    result = SimulationResult(
+        path=out, frames=n_frames, shape=tuple(cfg.acquisition.shape), seconds=seconds,
+        bytes_written=writer.bytes_written, mean_counts=mean_counts, lattice_visible_fraction=visible,
+        atoms_start=[len(t.atoms0) for t in tracks], atoms_end=[int(t.present(n_frames - 1).sum()) for t in tracks],
+        etch_events=[len(t.events) for t in tracks],
+    )
+    log.info("simulated %d frames in %.1f s (%.1f frames/s) into %s", n_frames, seconds, result.fps, out)
+    return result
