@@ -57,8 +57,8 @@ def fcc_cluster(diameter_nm: float, shape: str = "sphere", a: float = PT_LATTICE
     Parameters
     ----------
     diameter_nm : float
-        For ``"sphere"``, the cut diameter. For ``"truncated_octahedron"``, the diameter of the
-        sphere of equal volume: the {111}/{100} polyhedron (|x|,|y|,|z| <= 2s, |x|+|y|+|z| <= 3s,
+        Diameter of the sphere of equal volume (atoms x a^3/4). A ``"sphere"`` is cut at the
+        atom shell whose count is closest to it; for ``"truncated_octahedron"`` the {111}/{100} polyhedron (|x|,|y|,|z| <= 2s, |x|+|y|+|z| <= 3s,
         the regular truncated octahedron, its two cuts varied a little about that ratio) is sized to
         hold as many atoms as that sphere.
     shape : {"sphere", "truncated_octahedron"}
@@ -72,10 +72,16 @@ def fcc_cluster(diameter_nm: float, shape: str = "sphere", a: float = PT_LATTICE
     if diameter_nm <= 0:
         raise ValueError(f"expected a positive diameter in nm, got {diameter_nm}")
     radius = 5.0 * diameter_nm
+    target = (math.pi / 6.0) * (2 * radius) ** 3 / FCC_VOLUME_PER_ATOM(a)
     if shape == "sphere":
-        pts = fcc_points(radius, a)
+        # atoms come in shells: take the shell whose count is closest to the equal-volume count
+        cloud = fcc_points(radius + a, a)
+        r = np.linalg.norm(cloud, axis=1)
+        shells = np.unique(np.round(r, 6))
+        counts = np.searchsorted(np.sort(r), shells + 1e-6)
+        cut = shells[int(np.argmin(np.abs(counts - target)))]
+        pts = cloud[r <= cut + 1e-6]
     elif shape == "truncated_octahedron":
-        target = (math.pi / 6.0) * (2 * radius) ** 3 / FCC_VOLUME_PER_ATOM(a)
         cloud = fcc_points(2.5 * radius, a)
         l1 = np.abs(cloud).sum(axis=1)
         linf = np.abs(cloud).max(axis=1)

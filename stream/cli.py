@@ -47,6 +47,13 @@ def default_run_dir() -> Path:
 # --------------------------------------------------------------------------------------------
 # argument parsing
 # --------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what was wrong, and where to look)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="TOML", help="configuration file (see config.toml of any run)")
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
@@ -61,12 +68,12 @@ def _stream_opts(p: argparse.ArgumentParser, *, source: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="btomo",
         description="Microscope-side streaming processor for time-resolved Brownian tomography.",
     )
     parser.add_argument("--version", action="version", version=f"btomo {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo", help="simulate a short etching session and run the pipeline on it")
     p.add_argument("--seconds", type=float, default=2.0, help="seconds of acquisition to simulate (default 2)")
@@ -249,8 +256,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# flags of the commands not built yet that map onto the configuration: checked already, so that
+# a bad value is reported now rather than when the stage lands
+STREAM_FLAGS = {"protocol": "stream.protocol", "source": "stream.source", "max_frames": "stream.max_frames",
+                "idle_timeout": "stream.idle_timeout_s", "to": "stream.source",
+                "pixel_size": "acquisition.pixel_size_A", "fps": "acquisition.fps"}
+
+
 def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        # a positional SOURCE that is a file (replay, process) is not a stream address
+        flags = {k: v for k, v in STREAM_FLAGS.items() if not isinstance(getattr(args, k, None), Path)}
+        config_from_args(args, flags)
         print(f"btomo {name}: not built yet: it comes with {NOT_BUILT[name]}; nothing was done",
               file=sys.stderr)
         return EXIT_NOT_BUILT

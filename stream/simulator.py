@@ -651,8 +651,10 @@ def _write_truth(cfg: RunConfig, tracks: list[ParticleTrack], out: Path) -> list
     for p, tr in enumerate(tracks):
         steps = [0] + [e.frame for e in tr.events]
         images = []
+        mask = np.ones(len(tr.atoms0), dtype=bool)
         for k, f in enumerate(steps):
-            mask = tr.gone_frame > f if k else np.ones(len(tr.atoms0), dtype=bool)
+            if k:  # after exactly k events (several can fall in one frame)
+                mask[tr.events[k - 1].atom] = False
             a = Atoms(symbols=["Pt"] * int(mask.sum()), positions=tr.atoms0[mask])
             a.new_array("id", np.flatnonzero(mask).astype(np.int64))
             a.info.update(step=k, frame=int(f), t_s=float(f / cfg.acquisition.fps))

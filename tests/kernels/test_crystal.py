@@ -1,0 +1,68 @@
+"""FCC clusters: sizes, shells and coordination."""
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist
+
+from btomo.kernels.crystal import (
+    coordination_numbers,
+    d_spacing,
+    equivalent_diameter_A,
+    fcc_cluster,
+    plane_normals,
+    zone_axes,
+)
+
+
+def test_nearest_neighbour_distance_and_shells():
+    atoms = fcc_cluster(2.0)
+    d = pdist(atoms)
+    assert d.min() == pytest.approx(3.92 / np.sqrt(2), abs=1e-9)
+    # the FCC shells of reference.md: 2.772, 3.920, 4.801, 5.544 A
+    for r in (2.772, 3.920, 4.801, 5.544):
+        assert np.any(np.abs(d - r) < 2e-3)
+
+
+@pytest.mark.parametrize("shape", ["sphere", "truncated_octahedron"])
+@pytest.mark.parametrize("diameter", [1.0, 2.0, 3.0])
+def test_cluster_size_matches_diameter(shape, diameter):
+    atoms = fcc_cluster(diameter, shape)
+    assert np.allclose(atoms.mean(axis=0), 0, atol=1e-9)
+    # equal-volume diameter within 10 % (20 % at 1 nm): the lattice makes the count a step function
+    assert equivalent_diameter_A(len(atoms)) / 10 == pytest.approx(diameter, rel=0.2 if diameter <= 1 else 0.1)
+
+
+def test_two_nm_sphere_is_near_the_paper_particle():
+    # the paper's structure I: 314 atoms (equal-volume diameter 2.08 nm; 1.97 nm measured)
+    assert 290 <= len(fcc_cluster(2.08)) <= 340
+
+
+def test_truncated_octahedron_has_only_low_index_facets():
+    atoms = fcc_cluster(2.0, "truncated_octahedron")
+    cn = coordination_numbers(atoms)
+    # {111} facet atoms have 9 neighbours, {100} facet atoms 8, no atom of a perfect polyhedron
+    # below 5 (vertices); the bulk is 12
+    assert cn.max() == 12 and cn.min() >= 5
+
+
+def test_coordination_in_the_bulk_is_twelve():
+    atoms = fcc_cluster(2.5)
+    cn = coordination_numbers(atoms)
+    inner = np.linalg.norm(atoms, axis=1) < 6.0
+    assert np.all(cn[inner] == 12)
+
+
+def test_families_and_spacings():
+    assert len(plane_normals((1, 1, 1))) == 4
+    assert len(plane_normals((2, 0, 0))) == 3
+    assert len(plane_normals((2, 2, 0))) == 6
+    assert len(zone_axes((1, 1, 0))) == 6
+    assert d_spacing((1, 1, 1)) == pytest.approx(2.263, abs=1e-3)
+    assert d_spacing((2, 0, 0)) == pytest.approx(1.960, abs=1e-3)
+    assert d_spacing((2, 2, 0)) == pytest.approx(1.386, abs=1e-3)
+
+
+def test_bad_shape_and_size_are_rejected():
+    with pytest.raises(ValueError, match="expected shape"):
+        fcc_cluster(2.0, "cube")
+    with pytest.raises(ValueError, match="positive diameter"):
+        fcc_cluster(-1.0)

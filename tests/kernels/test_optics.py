@@ -1,0 +1,60 @@
+"""Electron optics against the values in reference.md and Kirkland's conventions."""
+import math
+
+import numpy as np
+import pytest
+
+from btomo.kernels.optics import (
+    aberration_phase,
+    electron_wavelength,
+    interaction_constant,
+    scherzer_defocus,
+    spatial_envelope,
+    transfer_function,
+)
+
+
+def test_wavelength_matches_reference():
+    assert electron_wavelength(300) == pytest.approx(0.019687, abs=2e-6)
+    assert electron_wavelength(200) == pytest.approx(0.025079, abs=2e-6)
+
+
+def test_interaction_constant_matches_reference():
+    assert interaction_constant(300) == pytest.approx(6.5262e-4, rel=2e-4)
+
+
+def test_negative_voltage_is_rejected():
+    with pytest.raises(ValueError, match="positive voltage"):
+        electron_wavelength(-1)
+
+
+def test_chi_is_kirkland_convention():
+    lam, df, cs = 0.0197, 100.0, 1e7
+    k = 0.5
+    expected = math.pi * lam * k**2 * (0.5 * cs * lam**2 * k**2 - df)
+    assert aberration_phase(k, lam, df, cs) == pytest.approx(expected)
+
+
+def test_overfocus_balances_negative_cs_over_the_lattice_band():
+    """With Cs = -11 um and the default overfocus chi > 0 (white atoms) from {111} to {220}."""
+    lam = electron_wavelength(300)
+    df = scherzer_defocus(-11e4, lam)
+    assert df == pytest.approx(-57.0, abs=0.5)
+    k = np.linspace(1 / 2.263, 1 / 1.386, 50)
+    chi = aberration_phase(k, lam, df, -11e4)
+    assert np.all(np.sin(chi) > 0.5)
+
+
+def test_spatial_envelope_fades_with_defocus():
+    lam = electron_wavelength(300)
+    k = np.array([1 / 2.263])
+    near = spatial_envelope(k, lam, -57.0, -11e4, 3e-3)[0]
+    far = spatial_envelope(k, lam, -57.0 - 400.0, -11e4, 3e-3)[0]
+    assert near > 0.9
+    assert far < 0.05
+
+
+def test_transfer_function_is_unit_modulus_without_envelopes():
+    h = transfer_function((32, 32), 0.358, wavelength_A=0.0197, defocus_A=-57, cs_A=-11e4)
+    assert h.dtype == np.complex64
+    np.testing.assert_allclose(np.abs(h), 1.0, atol=1e-6)

@@ -1,0 +1,88 @@
+"""The command line of contracts.md: every command, --help, errors as one line, exit codes."""
+import subprocess
+import sys
+
+import pytest
+
+from btomo.stream.cli import EXIT_NOT_BUILT, NOT_BUILT, main
+from btomo.stream.recording import Recording
+
+CONTRACT_COMMANDS = ["demo", "simulate", "live", "replay", "record", "process", "train-denoiser", "denoise",
+                     "reconstruct", "analyze"]
+
+# minimal valid arguments of each command not built yet
+NOT_BUILT_ARGS = {
+    "live": [], "replay": ["rec"], "record": ["out"], "process": ["rec"],
+    "train-denoiser": ["rec", "--out", "m.pt"], "denoise": ["rec", "--model", "m.pt", "--out", "o.mrc"],
+    "reconstruct": ["w.zarr/0"], "analyze": ["run"],
+}
+
+
+@pytest.mark.parametrize("command", CONTRACT_COMMANDS)
+def test_every_contract_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: btomo " + command in capsys.readouterr().out
+
+
+def test_not_built_list_is_the_rest_of_the_contract():
+    assert set(NOT_BUILT) == set(CONTRACT_COMMANDS) - {"demo", "simulate"}
+
+
+@pytest.mark.parametrize("command", sorted(NOT_BUILT_ARGS))
+def test_commands_not_built_say_so_and_fail(command, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([command, *NOT_BUILT_ARGS[command]]) == EXIT_NOT_BUILT
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "not built yet" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing was made
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "btomo.stream", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["simulate", "OUT", "--dose", "-1"], "acquisition.dose_e_per_A2 must be > 0"),
+        (["simulate", "OUT", "--shape", "100x100"], "frames.box_px (160 px) is larger than the frame 100x100 px"),
+        (["live", "--protocol", "udp"], "invalid choice: 'udp'"),
+        (["live", "--set", "stream.protocol=udp"], "stream.protocol must be one of"),
+        (["simulate", "OUT", "--config", "missing.toml"], "config file not found"),
+        (["simulate", "OUT", "--frames", "ten"], "invalid int value: 'ten'"),
+        (["simulate", "OUT", "--set", "nonsense"], "--set expects SECTION.KEY=VALUE"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
+    r = _run(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_simulate_command_writes_a_recording(tmp_path):
+    r = _run("simulate", str(tmp_path / "rec"), "--frames", "6", "--shape", "192x192", "--diameter-nm", "1.5",
+             "--seed", "3", "--workers", "1", "--set", "frames.box_px=128", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "wrote 6 frames (192x192)" in r.stdout
+    assert "\x1b[" not in r.stderr  # not a TTY: no escape codes
+    with Recording(tmp_path / "rec") as rec:
+        assert len(rec) == 6
+    assert "seed = 3" in (tmp_path / "rec" / "config.toml").read_text()
+    again = _run("simulate", str(tmp_path / "rec"), "--frames", "6")
+    assert again.returncode == 2 and "already holds a recording" in again.stderr
+
+
+def test_demo_runs_and_says_where_its_outputs_are(tmp_path):
+    r = _run("demo", "--seconds", "0.05", "--run-dir", str(tmp_path / "run"), "--shape", "192x192",
+             "--set", "frames.box_px=128", "--set", "sample.diameter_nm=1.5")
+    assert r.returncode == 0, r.stderr
+    assert "run directory" in r.stdout and str(tmp_path / "run") in r.stdout.replace("\n", "")
+    with Recording(tmp_path / "run" / "recording") as rec:
+        assert len(rec) == 20
+    assert (tmp_path / "run" / "recording" / "truth" / "frames.csv").exists()
