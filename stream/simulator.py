@@ -11,9 +11,10 @@ What it models (``docs/simulator.md`` has the physics and its sources):
   with probability ``exp(-selectivity * CN)``: islands, kinks and steps first.
 * **Image formation**: projected potential from Kirkland's parameterisation (exact, in Fourier
   space), phase-object transmission, objective transfer at 300 kV with Cs = -11 um and slight
-  overfocus (white atoms), partial spatial and temporal coherence, a ~10 nm water layer with a
-  smooth random thickness (attenuation and mean inner potential) and an amorphous phase texture,
-  oversampled exit wave binned to pixels, detector blur, then Poisson electron counting.
+  overfocus (white atoms), partial spatial and temporal coherence, at the particle's own
+  defocus; a ~10 nm water layer at the focal plane with a smooth random thickness (attenuation
+  and mean inner potential) and an amorphous phase texture, imaged at the nominal defocus and
+  multiplied in; oversampled waves binned to pixels, detector blur, then Poisson counting.
 * **Cost**: the neighbourhood of each particle is rendered at full cost every frame. The rest of
   the frame is tiled from a bank of pre-rendered water-background tiles (each with its own
   independent Poisson draw), picked, shifted and flipped at random per tile and frame: the same
@@ -452,6 +453,12 @@ class FrameRenderer:
         ramp[-width:] = ramp[:width][::-1]
         return np.outer(ramp, ramp)
 
+    def _image(self, phase: np.ndarray, amp: np.ndarray | float, defocus_A: float) -> np.ndarray:
+        """Intensity of the exit wave ``amp exp(i phase)`` through the objective (fine grid)."""
+        psi = (amp * np.exp(1j * phase)).astype(np.complex64)
+        wave = np.fft.ifft2(np.fft.fft2(psi) * self.optics(phase.shape).transfer(defocus_A))
+        return (wave.real**2 + wave.imag**2).astype(np.float32)
+
     def intensity(
         self,
         shape: tuple[int, int],
@@ -462,6 +469,11 @@ class FrameRenderer:
     ) -> np.ndarray:
         """Image intensity (vacuum = 1) of a region, px grid ``shape``, float32.
 
+        The particle and the water layer lie at different heights: the particle is imaged at its
+        own defocus (``defocus_A``, with its partial-coherence envelope), the water at the nominal
+        defocus of the focal plane. The two images multiply: exact to first order in the water's
+        weak phase (the cross terms between waves scattered by both are dropped).
+
         Parameters
         ----------
         atoms_yx_A : (n, 2) array or None
@@ -469,16 +481,17 @@ class FrameRenderer:
         thickness_A : array of ``shape`` or float
             Water thickness, A.
         defocus_A : float
-            Defocus (Kirkland sign), A.
+            Defocus of the particle (Kirkland sign), A.
         """
         o = self.os
         fine = (shape[0] * o, shape[1] * o)
         fpix = self.pix / o
         s = self.cfg.sample
-        t = np.broadcast_to(np.asarray(thickness_A, dtype=np.float32), shape)
-        t_fine = np.repeat(np.repeat(t, o, axis=0), o, axis=1) if o > 1 else t
-        phase = (self.sigma * WATER_INNER_POTENTIAL_V) * t_fine
-        if s.liquid_thickness_nm > 0:
+        inten = np.ones(fine, dtype=np.float32)
+        t = np.asarray(thickness_A, dtype=np.float32)
+        if s.liquid_thickness_nm > 0 and np.any(t > 0):
+            t = np.broadcast_to(t, shape)
+            t_fine = np.repeat(np.repeat(t, o, axis=0), o, axis=1) if o > 1 else t
             noise = rng.standard_normal(fine, dtype=np.float32)
             corr_px = WATER_CORRELATION_A / fpix
             ky = np.fft.fftfreq(fine[0])[:, None]
@@ -487,14 +500,13 @@ class FrameRenderer:
             amorph = np.fft.ifft2(np.fft.fft2(noise) * g).real.astype(np.float32)
             # white noise of unit variance filtered by a unit-sum Gaussian: variance 1/(4 pi s^2)
             amorph *= WATER_PHASE_STD_10NM * math.sqrt(4 * math.pi) * corr_px
-            phase = phase + amorph * np.sqrt(t_fine / 100.0)
+            phase = (self.sigma * WATER_INNER_POTENTIAL_V) * t_fine + amorph * np.sqrt(t_fine / 100.0)
+            amp = np.exp(-t_fine / (2.0 * 10.0 * s.liquid_mfp_nm))
+            inten = self._image(phase, amp, self.cfg.microscope.defocus_A)
         if atoms_yx_A is not None and len(atoms_yx_A):
             shifted = atoms_yx_A + 0.5 * (o - 1) * fpix
-            phase = phase + self.sigma * projected_potential(shifted, fine, fpix, b_factor_A2=s.b_factor_A2)
-        amp = np.exp(-t_fine / (2.0 * 10.0 * s.liquid_mfp_nm))
-        psi = (amp * np.exp(1j * phase)).astype(np.complex64)
-        wave = np.fft.ifft2(np.fft.fft2(psi) * self.optics(fine).transfer(defocus_A))
-        inten = (wave.real**2 + wave.imag**2).astype(np.float32)
+            phase = self.sigma * projected_potential(shifted, fine, fpix, b_factor_A2=s.b_factor_A2)
+            inten = inten * self._image(phase, 1.0, defocus_A)
         if o > 1:
             inten = inten.reshape(shape[0], o, shape[1], o).mean(axis=(1, 3))
         if self.cfg.microscope.detector_blur_px > 0:
