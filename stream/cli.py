@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, RunConfig, load_config
+from .config import ConfigError, RunConfig, load_config, write_config
 from .recording import RecordingError
 
 log = logging.getLogger("btomo")
@@ -228,6 +228,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cfg.acquisition.shape = (512, 512)
     cfg.simulate.frames = max(1, round(args.seconds * cfg.acquisition.fps))
     cfg.validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run_dir)
+    _log_to_file(run_dir / "btomo.log")
     console = Console()
     console.print(Panel.fit(
         f"btomo demo: simulating {args.seconds:g} s of a GLC TEM session "
@@ -282,10 +285,19 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _setup_logging(level: str, run_log: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), format=LOG_FORMAT,
+                        handlers=[logging.StreamHandler(sys.stderr)], force=True)
+
+
+def _log_to_file(path: Path) -> None:
+    """Also log into the run directory's ``btomo.log`` (contracts: the run directory)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,3 +86,5 @@ def test_demo_runs_and_says_where_its_outputs_are(tmp_path):
     with Recording(tmp_path / "run" / "recording") as rec:
         assert len(rec) == 20
     assert (tmp_path / "run" / "recording" / "truth" / "frames.csv").exists()
+    assert "[acquisition]" in (tmp_path / "run" / "config.toml").read_text()
+    assert "simulated 20 frames" in (tmp_path / "run" / "btomo.log").read_text()
