@@ -15,8 +15,10 @@ import math
 
 import numpy as np
 
+from functools import lru_cache
+
 from .optics import frequency_grid
-from .xp import array_namespace
+from .xp import array_namespace, fft_module
 
 __all__ = [
     "KIRKLAND",
@@ -57,7 +59,7 @@ def scattering_factor(q, element: str = "Pt"):
     return f + sum(ci * xp.exp(-di * q2) for ci, di in zip(c, d))
 
 
-def structure_factor(positions_yx, shape: tuple[int, int], pixel_size_A: float):
+def structure_factor(positions_yx, shape: tuple[int, int], pixel_size_A: float, *, half: bool = False):
     """Exact structure factor ``S(k) = sum_j exp(-2 pi i k . r_j)`` on an FFT grid.
 
     The exponential separates in x and y, so ``S = E_y^T E_x``: one complex matrix product of
@@ -72,6 +74,9 @@ def structure_factor(positions_yx, shape: tuple[int, int], pixel_size_A: float):
         Grid shape in pixels.
     pixel_size_A : float
         Sampling in A/px.
+    half : bool
+        Only the ``nx // 2 + 1`` non-negative x frequencies (the layout of ``rfft2``): enough for
+        a real density, since ``S(-k) = conj(S(k))``; half the work.
     """
     xp = array_namespace(positions_yx)
     pos = xp.asarray(positions_yx, dtype=xp.float64)
@@ -79,7 +84,7 @@ def structure_factor(positions_yx, shape: tuple[int, int], pixel_size_A: float):
         raise ValueError(f"expected positions of shape (n, 2), got {tuple(pos.shape)}")
     ny, nx = shape
     ky = xp.fft.fftfreq(ny, d=pixel_size_A)
-    kx = xp.fft.fftfreq(nx, d=pixel_size_A)
+    kx = xp.fft.rfftfreq(nx, d=pixel_size_A) if half else xp.fft.fftfreq(nx, d=pixel_size_A)
     ey = xp.exp(-2j * math.pi * pos[:, 0:1] * ky[None, :]).astype(xp.complex64)
     ex = xp.exp(-2j * math.pi * pos[:, 1:2] * kx[None, :]).astype(xp.complex64)
     return ey.T @ ex
@@ -99,10 +104,24 @@ def projected_potential(
     (``8 pi^2 <u^2>``) in A^2. The grid is periodic: keep atoms a few A away from its edges.
     """
     xp = array_namespace(positions_yx)
-    _, _, k = frequency_grid(shape, pixel_size_A, xp)
+    fk = _form_factor(tuple(shape), float(pixel_size_A), element, float(b_factor_A2))
+    if xp is not np:
+        fk = xp.asarray(fk)
+    s = structure_factor(positions_yx, shape, pixel_size_A, half=True)
+    vz = fft_module(xp).irfft2(s * fk, s=tuple(shape)) / (pixel_size_A * pixel_size_A)
+    return vz.astype(xp.float32)
+
+
+@lru_cache(maxsize=16)
+def _form_factor(shape: tuple[int, int], pixel_size_A: float, element: str, b_factor_A2: float) -> np.ndarray:
+    """``K f(k) exp(-B k^2 / 4)`` on an ``rfft2`` grid (complex64, cached: the simulator asks for
+    the same grid every frame). Read-only, so that no caller can change the cached copy."""
+    ky = np.fft.fftfreq(shape[0], d=pixel_size_A)[:, None]
+    kx = np.fft.rfftfreq(shape[1], d=pixel_size_A)[None, :]
+    k = np.sqrt(ky * ky + kx * kx)
     fk = POTENTIAL_CONSTANT * scattering_factor(k, element)
     if b_factor_A2 > 0:
-        fk = fk * xp.exp(-b_factor_A2 * k * k / 4.0)
-    s = structure_factor(positions_yx, shape, pixel_size_A)
-    vz = xp.fft.ifft2(s * fk.astype(xp.complex64)).real / (pixel_size_A * pixel_size_A)
-    return vz.astype(xp.float32)
+        fk = fk * np.exp(-b_factor_A2 * k * k / 4.0)
+    out = fk.astype(np.complex64)
+    out.flags.writeable = False
+    return out

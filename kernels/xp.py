@@ -11,7 +11,7 @@ import types
 
 import numpy as np
 
-__all__ = ["array_namespace", "require_cupy", "to_numpy"]
+__all__ = ["array_namespace", "fft_module", "require_cupy", "to_numpy"]
 
 
 def array_namespace(*arrays) -> types.ModuleType:
@@ -54,3 +54,13 @@ def to_numpy(a) -> np.ndarray:
     if type(a).__module__.split(".", 1)[0] == "cupy":
         return a.get()
     return np.asarray(a)
+
+
+def fft_module(xp: types.ModuleType) -> types.ModuleType:
+    """FFTs for ``xp``: ``scipy.fft`` for NumPy (it keeps complex64 in single precision, where
+    ``numpy.fft`` computes in double), ``cupy.fft`` for CuPy."""
+    if xp is np:
+        import scipy.fft  # noqa: PLC0415
+
+        return scipy.fft
+    return xp.fft

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.fft as sfft
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
@@ -377,9 +378,20 @@ class _Optics:
         self._g_df = self.lam * k
         self._a = (math.pi * mic.convergence_mrad * 1e-3 / self.lam) ** 2
         self._temporal = np.exp(-0.5 * (math.pi * self.lam * mic.focal_spread_A) ** 2 * k2 * k2)
+        self._nominal = mic.defocus_A
+        self._h_nominal: np.ndarray | None = None
 
     def transfer(self, defocus_A: float) -> np.ndarray:
-        """``exp(-i chi) E_s E_t`` at this defocus (Kirkland sign), complex64."""
+        """``exp(-i chi) E_s E_t`` at this defocus (Kirkland sign), complex64.
+
+        The one at the nominal defocus (the water's, every frame) is computed once."""
+        if defocus_A != self._nominal:
+            return self._transfer(defocus_A)
+        if self._h_nominal is None:
+            self._h_nominal = self._transfer(defocus_A)
+        return self._h_nominal
+
+    def _transfer(self, defocus_A: float) -> np.ndarray:
         chi = self._chi_cs - self._chi_df * defocus_A
         grad = self._g_cs - self._g_df * defocus_A
         env = np.exp(-self._a * grad * grad) * self._temporal
@@ -456,7 +468,7 @@ class FrameRenderer:
     def _image(self, phase: np.ndarray, amp: np.ndarray | float, defocus_A: float) -> np.ndarray:
         """Intensity of the exit wave ``amp exp(i phase)`` through the objective (fine grid)."""
         psi = (amp * np.exp(1j * phase)).astype(np.complex64)
-        wave = np.fft.ifft2(np.fft.fft2(psi) * self.optics(phase.shape).transfer(defocus_A))
+        wave = sfft.ifft2(sfft.fft2(psi) * self.optics(phase.shape).transfer(defocus_A))
         return (wave.real**2 + wave.imag**2).astype(np.float32)
 
     def intensity(
@@ -497,7 +509,7 @@ class FrameRenderer:
             ky = np.fft.fftfreq(fine[0])[:, None]
             kx = np.fft.fftfreq(fine[1])[None, :]
             g = np.exp(-2 * math.pi**2 * corr_px**2 * (ky * ky + kx * kx)).astype(np.float32)
-            amorph = np.fft.ifft2(np.fft.fft2(noise) * g).real.astype(np.float32)
+            amorph = sfft.ifft2(sfft.fft2(noise) * g).real.astype(np.float32)
             # white noise of unit variance filtered by a unit-sum Gaussian: variance 1/(4 pi s^2)
             amorph *= WATER_PHASE_STD_10NM * math.sqrt(4 * math.pi) * corr_px
             phase = (self.sigma * WATER_INNER_POTENTIAL_V) * t_fine + amorph * np.sqrt(t_fine / 100.0)
@@ -510,7 +522,8 @@ class FrameRenderer:
         if o > 1:
             inten = inten.reshape(shape[0], o, shape[1], o).mean(axis=(1, 3))
         if self.cfg.microscope.detector_blur_px > 0:
-            inten = np.fft.ifft2(np.fft.fft2(inten) * self._detector_mtf(shape)).real.astype(np.float32)
+            inten = sfft.irfft2(sfft.rfft2(inten) * self._detector_mtf(shape)[:, : shape[1] // 2 + 1], s=shape)
+            inten = inten.astype(np.float32)
         return inten
 
     def _make_bank(self) -> _Bank:

@@ -41,3 +41,20 @@ def test_structure_factor_matches_brute_force():
 def test_bad_positions_shape_is_rejected():
     with pytest.raises(ValueError, match=r"expected positions of shape \(n, 2\)"):
         structure_factor(np.zeros((3, 3)), (8, 8), 1.0)
+
+
+def test_half_structure_factor_is_the_rfft_half():
+    pos = np.random.default_rng(2).uniform(0, 8, (5, 2))
+    full = structure_factor(pos, (10, 12), 0.5)
+    half = structure_factor(pos, (10, 12), 0.5, half=True)
+    # the Nyquist column (index 6) is +k_N in the rfft layout and -k_N in the fft one
+    np.testing.assert_allclose(half[:, :6], full[:, :6], atol=1e-5)
+    assert half.shape == (10, 7)
+
+
+def test_projected_potential_of_odd_grids_is_consistent():
+    pos = np.array([[10.0, 11.0]])
+    even = projected_potential(pos, (96, 96), 0.25)
+    odd = projected_potential(pos, (97, 95), 0.25)
+    assert odd.shape == (97, 95)
+    assert odd.max() == pytest.approx(even.max(), rel=1e-3)
