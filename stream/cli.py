@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -305,15 +307,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "log_level", "INFO"))
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, UserError, RecordingError, FileNotFoundError, FileExistsError) as exc:
-        msg = str(exc) if not isinstance(exc, FileNotFoundError) or not exc.filename else f"no such file: {exc.filename}"
-        print(f"btomo {args.command}: error: {msg}", file=sys.stderr)
+    except (ConfigError, UserError, RecordingError) as exc:
+        print(f"btomo {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # a missing file, no permission, a full disk: one line, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"btomo {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"btomo {args.command}: interrupted", file=sys.stderr)
+        print(f"btomo {args.command}: interrupted; what was written so far is kept", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM stops a command the way Ctrl-C does: flushing what it has written."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":  # pragma: no cover

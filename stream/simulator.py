@@ -29,6 +29,7 @@ same recording, bit for bit, whatever the number of worker processes.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ import multiprocessing as mp
 import os
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -627,6 +629,45 @@ def _render_chunk(frames: list[int]) -> list[tuple]:
     return out
 
 
+def _rendered(cfg: RunConfig, tracks: list[ParticleTrack], chunks: list[list[int]], workers: int):
+    """Yield rendered chunks in frame order.
+
+    With several workers, at most ``2 * workers`` chunks are in flight: when the writer falls
+    behind, rendering waits (backpressure), so memory stays bounded whatever the frame size.
+    """
+    if workers == 1:
+        _worker_init(cfg.to_dict(), tracks)
+        yield from map(_render_chunk, chunks)
+        return
+    # one BLAS thread per worker: the workers are the parallelism
+    env_keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in env_keys}
+    os.environ.update({k: "1" for k in env_keys})
+    try:
+        pool = mp.get_context("spawn").Pool(workers, _worker_init, (cfg.to_dict(), tracks))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    in_flight: deque = deque()
+    todo = iter(chunks)
+    try:
+        for c in itertools.islice(todo, 2 * workers):
+            in_flight.append(pool.apply_async(_render_chunk, (c,)))
+        while in_flight:
+            batch = in_flight.popleft().get()
+            nxt = next(todo, None)
+            if nxt is not None:
+                in_flight.append(pool.apply_async(_render_chunk, (nxt,)))
+            yield batch
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
 # --------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------
@@ -738,22 +779,7 @@ def simulate(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) 
     reporter.start(n_frames, "simulate")
     log.info("simulating %d frames of %dx%d on %d worker(s)", n_frames, *cfg.acquisition.shape, workers)
     try:
-        if workers == 1:
-            _worker_init(cfg.to_dict(), tracks)
-            results = map(_render_chunk, chunks)
-            pool = None
-        else:
-            # one BLAS thread per worker: the workers are the parallelism
-            env_keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-            saved = {k: os.environ.get(k) for k in env_keys}
-            os.environ.update({k: "1" for k in env_keys})
-            try:
-                pool = mp.get_context("spawn").Pool(workers, _worker_init, (cfg.to_dict(), tracks))
-            finally:
-                for k, v in saved.items():
-                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-            results = pool.imap(_render_chunk, chunks)
-        for batch in results:
+        for batch in _rendered(cfg, tracks, chunks, workers):
             for f, data, crc, mean, clean in batch:
                 t_ns = round(f * 1e9 / cfg.acquisition.fps)
                 writer.append_encoded(data, crc, frame_index=f, t_ns=t_ns)
@@ -761,13 +787,11 @@ def simulate(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) 
                     clean_writer.append_encoded(clean[0], clean[1], frame_index=f, t_ns=t_ns)
                 mean_counts += mean / n_frames
                 reporter.update(1)
-        if pool is not None:
-            pool.close()
-            pool.join()
     except BaseException:
-        if workers > 1 and pool is not None:
-            pool.terminate()
-        writer.flush()
+        # interrupted or failed: keep what is rendered, durable and readable; never mark it complete
+        for w in (writer, clean_writer):
+            if w is not None:
+                w.flush()
         raise
     finally:
         reporter.end()

@@ -88,3 +88,40 @@ def test_demo_runs_and_says_where_its_outputs_are(tmp_path):
     assert (tmp_path / "run" / "recording" / "truth" / "frames.csv").exists()
     assert "[acquisition]" in (tmp_path / "run" / "config.toml").read_text()
     assert "simulated 20 frames" in (tmp_path / "run" / "btomo.log").read_text()
+
+
+def test_signal_stops_simulate_and_keeps_what_was_written(tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "rec"
+    proc = subprocess.Popen([sys.executable, "-m", "btomo.stream", "simulate", str(out), "--frames", "20000",
+                             "--shape", "192x192", "--set", "frames.box_px=128", "--workers", "1",
+                             "--set", "simulate.block_frames=8", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (out / "frames.bin").exists() and (out / "frames.bin").stat().st_size > 0:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    with Recording(out) as rec:
+        assert not rec.complete
+        assert len(rec) >= 8  # what was rendered before the signal, flushed
+        assert rec.torn_tail_bytes == 0
+        rec.read_all()
+    assert os.path.getsize(out / "frames.bin") > 0
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = _run("simulate", str(tmp_path / "file" / "rec"), "--frames", "2", "--shape", "192x192",
+             "--set", "frames.box_px=128")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "Not a directory" in r.stderr
