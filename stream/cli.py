@@ -222,7 +222,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .simulator import simulate  # noqa: PLC0415
 
-    if args.seconds <= 0 or args.seconds > 60:
+    if not 0 < args.seconds <= 60:  # also refuses NaN
         raise UserError(f"--seconds must be in (0, 60], got {args.seconds}")
     run_dir = args.run_dir or default_run_dir()
     cfg = config_from_args(args, {"shape": "acquisition.shape"})

@@ -56,8 +56,8 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if isinstance(value, float) and math.isnan(value):
-        raise ConfigError(f"{name} must be a number, got NaN")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -89,6 +89,12 @@ class AcquisitionConfig:
         _positive("acquisition.pixel_size_A", self.pixel_size_A)
         _positive("acquisition.fps", self.fps)
         _positive("acquisition.dose_e_per_A2", self.dose_e_per_A2)
+        if self.dose_e_per_A2 * self.pixel_size_A**2 > 1000:
+            raise ConfigError(
+                f"acquisition.dose_e_per_A2 ({self.dose_e_per_A2}) gives "
+                f"{self.dose_e_per_A2 * self.pixel_size_A**2:.0f} e/px per frame; uint16 counting frames "
+                "need at most 1000"
+            )
 
 
 @dataclass
@@ -257,8 +263,8 @@ class SimulateConfig:
             raise ConfigError(f"simulate.frames must be >= 1, got {self.frames}")
         if self.seed < 0:
             raise ConfigError(f"simulate.seed must be >= 0, got {self.seed}")
-        if self.workers < 0:
-            raise ConfigError(f"simulate.workers must be >= 0, got {self.workers}")
+        if not 0 <= self.workers <= 256:
+            raise ConfigError(f"simulate.workers must be in [0, 256], got {self.workers}")
         if self.oversample not in (1, 2, 3, 4):
             raise ConfigError(f"simulate.oversample must be 1-4, got {self.oversample}")
         if self.patch_px < 0:
@@ -394,6 +400,12 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Check every section and the rules across them; raise :class:`ConfigError`."""
         for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            for g in dataclasses.fields(section):
+                v = getattr(section, g.name)
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{f.name}.{g.name} must be a finite number, got {v}")
+        for f in dataclasses.fields(self):
             try:
                 getattr(self, f.name).validate()
             except ConfigError:
@@ -485,10 +497,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         p = Path(path)
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {p}") from None
-        except tomllib.TOMLDecodeError as exc:
+        except IsADirectoryError:
+            raise ConfigError(f"config file is a directory: {p}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: not valid TOML ({exc})") from None
         cfg = RunConfig.from_dict(data, origin=str(p))
     for dotted, value in (overrides or {}).items():

@@ -203,28 +203,51 @@ class RecordingWriter:
             len(table), offset, zlib.crc32(table), 0,
         )
         head = head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
-        block_offset = self._data.tell()
-        self._data.write(head)
-        self._data.write(table)
-        for p in self._pending:
-            self._data.write(p.data)
-        self._data.flush()
-        if self.durable:
-            os.fsync(self._data.fileno())
         nbytes = len(head) + len(table) + offset
         first, last = self._pending[0], self._pending[-1]
-        self._index.write(
-            _INDEX_ENTRY.pack(block_offset, nbytes, len(self._pending), self.frames_written,
-                              first.frame, last.frame, first.t_ns, last.t_ns)
-        )
-        self._index.flush()
-        if self.durable:
-            os.fsync(self._index.fileno())
+        block_offset = self._data.tell()
+        index_offset = self._index.tell()
+        try:
+            self._data.write(head)
+            self._data.write(table)
+            for p in self._pending:
+                self._data.write(p.data)
+            self._data.flush()
+            if self.durable:
+                os.fsync(self._data.fileno())
+            self._index.write(
+                _INDEX_ENTRY.pack(block_offset, nbytes, len(self._pending), self.frames_written,
+                                  first.frame, last.frame, first.t_ns, last.t_ns)
+            )
+            self._index.flush()
+            if self.durable:
+                os.fsync(self._index.fileno())
+        except BaseException:
+            # interrupted (a signal, a full disk) part-way: take the block back so that a later
+            # flush writes it exactly once; if even that fails, the reader sees a torn tail
+            self._rollback(block_offset, index_offset)
+            raise
         self.frames_written += len(self._pending)
         self.blocks_written += 1
         self.bytes_written += nbytes
         self._pending.clear()
         self._pending_bytes = 0
+
+    def _rollback(self, block_offset: int, index_offset: int) -> None:
+        for fh, pos in ((self._data, block_offset), (self._index, index_offset)):
+            try:
+                fh.flush()
+            except OSError:
+                pass
+            try:
+                fh.seek(pos)
+                fh.truncate(pos)
+            except OSError:
+                log.exception("%s: could not roll back a partly written block", self.path)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self, **extra_meta: Any) -> None:
         """Flush, close the files, and mark the recording complete in ``recording.json``."""
@@ -318,14 +341,16 @@ class Recording:
         n = len(body) // _INDEX_ENTRY.size  # a torn last record is ignored
         return [_INDEX_ENTRY.unpack_from(body, i * _INDEX_ENTRY.size)[0] for i in range(n)]
 
-    def _read_block(self, offset: int, size: int) -> _Block | None:
+    def _read_block(self, offset: int, size: int, ordinal: int) -> _Block | None:
         """Block at ``offset`` if it is whole and its header and table check out, else None."""
         self._file.seek(offset)
         head = self._file.read(_BLOCK_HEADER.size)
         if len(head) < _BLOCK_HEADER.size:
             return None
-        magic, _ver, codec, n, _first, tbytes, pbytes, tcrc, hcrc = _BLOCK_HEADER.unpack(head)
+        magic, _ver, codec, n, first, tbytes, pbytes, tcrc, hcrc = _BLOCK_HEADER.unpack(head)
         if magic != BLOCK_MAGIC or zlib.crc32(head[:-4]) != hcrc:
+            return None
+        if first != ordinal:  # a block repeated or out of place is not part of the chain
             return None
         if CODEC_NAMES.get(codec) != self.codec or tbytes != n * _FRAME_ENTRY.size:
             return None
@@ -345,21 +370,21 @@ class Recording:
     def _scan(self) -> list[_Block]:
         size = os.fstat(self._file.fileno()).st_size
         blocks: list[_Block] = []
-        pos = 0
+        pos = count = 0
         for off in self._index_offsets():
             if off != pos:
                 break  # index disagrees with the chain: trust the chain from here
-            b = self._read_block(off, size)
+            b = self._read_block(off, size, count)
             if b is None:
                 break
             blocks.append(b)
-            pos = self._block_end(b)
+            pos, count = self._block_end(b), count + b.n_frames
         while pos < size:  # blocks written after the last index record, if any
-            b = self._read_block(pos, size)
+            b = self._read_block(pos, size, count)
             if b is None:
                 break
             blocks.append(b)
-            pos = self._block_end(b)
+            pos, count = self._block_end(b), count + b.n_frames
         # the last block is the one a crash can tear inside its payload: verify it whole
         if blocks and not self._payload_ok(blocks[-1]):
             pos = blocks.pop().offset

@@ -15,13 +15,14 @@ What it models (``docs/simulator.md`` has the physics and its sources):
   defocus; a ~10 nm water layer at the focal plane with a smooth random thickness (attenuation
   and mean inner potential) and an amorphous phase texture, imaged at the nominal defocus and
   multiplied in; oversampled waves binned to pixels, detector blur, then Poisson counting.
-* **Cost**: the neighbourhood of each particle is rendered at full cost every frame. The rest of
-  the frame is tiled from a bank of pre-rendered water-background tiles (each with its own
+* **Cost**: the water background is tiled from a bank of pre-rendered tiles (each with its own
   independent Poisson draw), picked, shifted and flipped at random per tile and frame: the same
-  distribution of counts and texture as a full rendering, without its cost. The particle
-  neighbourhood is blended into it in expected counts and then counted exactly, so there is no
-  seam. The smooth thickness map is applied exactly inside the neighbourhoods; the background
-  tiles use its mean (the map moves the mean counts by well under 1 %).
+  distribution of counts and texture as a full rendering, without its cost. The image of each
+  particle is rendered at full cost every frame over its neighbourhood and multiplied into the
+  background's expected counts (tapered to 1 at the edge), together with the local attenuation
+  of the smooth thickness map; the neighbourhoods are then counted exactly, so there is no
+  seam. Outside them the tiles keep the mean thickness (the map moves the mean counts by well
+  under 1 %).
 
 Every random number comes from a generator seeded by ``(seed, purpose, frame)``: a seed gives the
 same recording, bit for bit, whatever the number of worker processes.
@@ -29,6 +30,7 @@ same recording, bit for bit, whatever the number of worker processes.
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import logging
@@ -75,6 +77,9 @@ __all__ = [
 ]
 
 K_BOLTZMANN = 1.380649e-23  # J/K
+#: above this per-axis rotation variance in one frame (rad^2), <u(t+dt).u(t)> = exp(-var) < 0.05:
+#: the orientation is drawn uniformly instead of composed from (very many) small steps
+MAX_ROTATION_VAR = 3.0
 #: mean inner potential of liquid water, V
 WATER_INNER_POTENTIAL_V = 4.8
 #: standard deviation of the amorphous phase of 10 nm of water at 1 A correlation length, rad.
@@ -253,11 +258,14 @@ def simulate_trajectories(cfg: RunConfig, n_frames: int | None = None) -> list[P
                 events.append(EtchEvent(float(next_t), f, i, int(cn[i]), int(present.sum())))
                 next_t += rng.exponential(1.0 / s.etch_rate_atoms_s)
             if f > 0:
-                dr = drs[f - 1]
-                n_sub = max(1, math.ceil(2 * dr * dt / 0.01))
-                for _ in range(n_sub):
-                    q = quat_multiply(quat_from_rotvec(rng.normal(0, math.sqrt(2 * dr * dt / n_sub), 3)), q)
-                q = q / np.linalg.norm(q)
+                var = 2 * drs[f - 1] * dt  # per-axis variance of the rotation in one frame, rad^2
+                if var > MAX_ROTATION_VAR:
+                    q = random_quaternion(rng)  # fully decorrelated within a frame
+                else:
+                    n_sub = max(1, math.ceil(var / 0.01))
+                    for step in rng.normal(0, math.sqrt(var / n_sub), (n_sub, 3)):
+                        q = quat_multiply(quat_from_rotvec(step), q)
+                    q = q / np.linalg.norm(q)
                 xy = _reflect(xy + rng.normal(0, sd_xy, 2), lo_xy, hi_xy)
                 z = float(_reflect(np.array(z + rng.normal(0, sd_z)), -half_z, half_z)) if half_z > 0 else 0.0
             origin[f], zs[f], quats[f] = xy, z, q
@@ -297,6 +305,12 @@ TRUTH_COLUMNS = [
 ]
 
 
+@functools.lru_cache(maxsize=1)
+def _families() -> tuple[dict[str, np.ndarray], dict[tuple[int, int, int], np.ndarray]]:
+    """Unit vectors of the zone axes and plane normals the truth looks at (computed once)."""
+    return ({name: zone_axes(uvw) for name, uvw in _ZONES.items()}, {hkl: plane_normals(hkl) for hkl in _PLANES})
+
+
 def frame_truth(cfg: RunConfig, track: ParticleTrack, frame: int, particle: int) -> dict:
     """The ground-truth row of one particle in one frame (columns :data:`TRUTH_COLUMNS`).
 
@@ -321,16 +335,17 @@ def frame_truth(cfg: RunConfig, track: ParticleTrack, frame: int, particle: int)
     diam_A = equivalent_diameter_A(n_atoms, s.lattice_A)
     fixed = math.radians(s.visibility_angle_deg) if s.visibility_angle_deg > 0 else None
 
+    zones, planes = _families()
     best_zone, best_angle = "", 180.0
-    for name, uvw in _ZONES.items():
-        ang = math.degrees(math.acos(min(1.0, float(np.abs(zone_axes(uvw) @ beam_body).max()))))
+    for name, axes in zones.items():
+        ang = math.degrees(math.acos(min(1.0, float(np.abs(axes @ beam_body).max()))))
         if ang < best_angle:
             best_zone, best_angle = name, ang
     zone_tol = fixed if fixed is not None else SHAPE_HALF_MAX * d_spacing((1, 1, 1), s.lattice_A) / diam_A
     fringes = False
     for hkl in _PLANES:
         tol = fixed if fixed is not None else SHAPE_HALF_MAX * d_spacing(hkl, s.lattice_A) / diam_A
-        if float(np.abs(plane_normals(hkl) @ beam_body).min()) < math.sin(tol):
+        if float(np.abs(planes[hkl] @ beam_body).min()) < math.sin(tol):
             fringes = True
     lam = electron_wavelength(mic.voltage_kv)
     k111 = 1.0 / d_spacing((1, 1, 1), s.lattice_A)
@@ -427,6 +442,10 @@ class FrameRenderer:
         self.taper = max(2, self.patch // 12)
         self.thickness_A = self._thickness_map()
         self.mean_thickness_A = float(self.thickness_A.mean())
+        # the water's attenuation where it is thicker or thinner than the tiles' mean
+        self.attenuation_ratio = np.exp(
+            -(self.thickness_A - self.mean_thickness_A) / (10.0 * s.liquid_mfp_nm)
+        ).astype(np.float32)
         self._optics: dict[tuple[int, int], _Optics] = {}
         self._blur: dict[tuple[int, int], np.ndarray] = {}
         self.weight = self._taper_weight(self.patch, self.taper)
@@ -571,12 +590,19 @@ class FrameRenderer:
 
     # -- one frame ------------------------------------------------------------------------
     def render(self, frame: int, want_clean: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Counts (uint16) of ``frame``, and its expected counts (float32) if ``want_clean``."""
+        """Counts (uint16) of ``frame``, and its expected counts (float32) if ``want_clean``.
+
+        The frame's expected counts start as the water background tiled from the bank; each
+        particle's own image (vacuum = 1, at its own defocus) and the local water attenuation
+        multiply into them over its neighbourhood, tapered to 1 at the edge, so that particles
+        that meet both stay. The neighbourhoods are then counted afresh (Poisson), the rest keeps
+        the bank's counts. The counts do not depend on ``want_clean``.
+        """
         rng = np.random.default_rng([self.cfg.simulate.seed, 1, frame])
-        counts, lam_bg = self._background(rng, want_lam=True)
+        counts, lam = self._background(rng, want_lam=True)
         rows, cols = self.shape
         n = self.patch
-        lam_full = lam_bg if want_clean else None
+        touched: list[tuple[slice, slice]] = []
         for track in self.tracks:
             lab = track.lab_atoms(frame)
             ox, oy = track.origin_px[frame]
@@ -588,18 +614,23 @@ class FrameRenderer:
                 continue
             # atom (row, column) in A from the patch's pixel (0, 0) centre
             yx = np.stack([(oy - py0) * self.pix + lab[:, 1], (ox - px0) * self.pix + lab[:, 0]], axis=1)
-            thick = np.full((n, n), self.mean_thickness_A, dtype=np.float32)
-            thick[sy.start - py0 : sy.stop - py0, sx.start - px0 : sx.stop - px0] = self.thickness_A[sy, sx]
             defocus = self.cfg.microscope.defocus_A + float(track.z_A[frame])
-            lam_patch = self.intensity((n, n), yx, thick, defocus, rng) * self.counts_per_unit
+            particle = self.intensity((n, n), yx, 0.0, defocus, rng)
             ly = slice(sy.start - py0, sy.stop - py0)
             lx = slice(sx.start - px0, sx.stop - px0)
             w = self.weight[ly, lx]
-            lam = np.maximum(w * lam_patch[ly, lx] + (1.0 - w) * lam_bg[sy, sx], 0.0)
-            counts[sy, sx] = np.minimum(rng.poisson(lam), 65535).astype(np.uint16)
-            if lam_full is not None:
-                lam_full[sy, sx] = lam
-        return counts, lam_full
+            lam[sy, sx] *= 1.0 + w * (particle[ly, lx] * self.attenuation_ratio[sy, sx] - 1.0)
+            touched.append((sy, sx))
+        if touched:
+            y0, y1 = min(t[0].start for t in touched), max(t[0].stop for t in touched)
+            x0, x1 = min(t[1].start for t in touched), max(t[1].stop for t in touched)
+            mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+            for sy, sx in touched:
+                mask[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0] = True
+            region = lam[y0:y1, x0:x1]
+            np.maximum(region, 0.0, out=region)
+            counts[y0:y1, x0:x1][mask] = np.minimum(rng.poisson(region[mask]), 65535).astype(np.uint16)
+        return counts, (lam if want_clean else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,8 +694,10 @@ def _rendered(cfg: RunConfig, tracks: list[ParticleTrack], chunks: list[list[int
                 in_flight.append(pool.apply_async(_render_chunk, (nxt,)))
             yield batch
         pool.close()
-    finally:
+    except BaseException:
         pool.terminate()
+        raise
+    finally:
         pool.join()
 
 
@@ -706,7 +739,7 @@ def _write_truth(cfg: RunConfig, tracks: list[ParticleTrack], out: Path) -> list
             for p, tr in enumerate(tracks):
                 row = frame_truth(cfg, tr, f, p)
                 visible[p] += row["lattice_visible"]
-                wr.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                wr.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
     with open(truth / "etch_steps.csv", "w", newline="") as fh:
         wr = csv.writer(fh)
         wr.writerow(["particle", "step", "t_s", "frame", "atom", "cn", "n_atoms"])
@@ -759,20 +792,22 @@ def simulate(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) 
     t0 = time.perf_counter()
     n_frames = cfg.simulate.frames
     tracks = simulate_trajectories(cfg)
-    write_config(cfg, out)
     meta = {"source": "btomo simulate", "series": 1, "seed": cfg.simulate.seed,
             "dose_e_per_A2": cfg.acquisition.dose_e_per_A2}
+    # the writer refuses a directory that holds a recording already: before anything is written
     writer = RecordingWriter(out, shape=cfg.acquisition.shape, dtype=np.uint16,
                              pixel_size_A=cfg.acquisition.pixel_size_A, fps=cfg.acquisition.fps,
                              codec=cfg.simulate.codec, block_frames=cfg.simulate.block_frames, meta=meta)
+    write_config(cfg, out)
+    # the truth depends only on the trajectories: written first, so an interrupted run has it too
+    visible = _write_truth(cfg, tracks, out)
     clean_writer = None
     if cfg.simulate.save_clean:
         clean_writer = RecordingWriter(out / "truth" / "clean", shape=cfg.acquisition.shape, dtype=np.float32,
                                        pixel_size_A=cfg.acquisition.pixel_size_A, fps=cfg.acquisition.fps,
                                        codec=cfg.simulate.codec, block_frames=cfg.simulate.block_frames,
                                        meta={**meta, "content": "expected counts before Poisson noise"})
-    workers = cfg.simulate.workers or os.cpu_count() or 1
-    workers = max(1, min(workers, n_frames))
+    workers = min(cfg.simulate.workers or os.cpu_count() or 1, n_frames)
     chunk = max(1, min(16, n_frames // (4 * workers) or 1))
     chunks = [list(range(i, min(i + chunk, n_frames))) for i in range(0, n_frames, chunk)]
     mean_counts = 0.0
@@ -787,18 +822,17 @@ def simulate(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) 
                     clean_writer.append_encoded(clean[0], clean[1], frame_index=f, t_ns=t_ns)
                 mean_counts += mean / n_frames
                 reporter.update(1)
+        writer.close(frames_expected=n_frames)
+        if clean_writer is not None:
+            clean_writer.close()
     except BaseException:
         # interrupted or failed: keep what is rendered, durable and readable; never mark it complete
         for w in (writer, clean_writer):
-            if w is not None:
+            if w is not None and not w.closed:
                 w.flush()
         raise
     finally:
         reporter.end()
-    visible = _write_truth(cfg, tracks, out)
-    writer.close(frames_expected=n_frames)
-    if clean_writer is not None:
-        clean_writer.close()
     seconds = time.perf_counter() - t0
     result = SimulationResult(
         path=out, frames=n_frames, shape=tuple(cfg.acquisition.shape), seconds=seconds,

@@ -55,6 +55,8 @@ def _run(*args, cwd=None):
         (["simulate", "OUT", "--config", "missing.toml"], "config file not found"),
         (["simulate", "OUT", "--frames", "ten"], "invalid int value: 'ten'"),
         (["simulate", "OUT", "--set", "nonsense"], "--set expects SECTION.KEY=VALUE"),
+        (["simulate", "OUT", "--rot-diffusion", "inf"], "sample.rot_diffusion_rad2_s must be a finite number"),
+        (["demo", "--seconds", "nan"], "--seconds must be in (0, 60]"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):

@@ -47,7 +47,12 @@ def test_file_then_overrides(tmp_path):
         ({"frames.box_px": 600, "acquisition.shape": "512x512"}, "frames.box_px (600 px) is larger than the frame"),
         ({"sample.morphology": "cube"}, "sample.morphology must be one of"),
         ({"sample.diameter_nm": 12}, "sample.diameter_nm must be in [0.5, 6] nm"),
-        ({"acquisition.fps": "nan"}, "acquisition.fps must be a number, got NaN"),
+        ({"acquisition.fps": "nan"}, "acquisition.fps must be a finite number, got nan"),
+        ({"acquisition.fps": "inf"}, "acquisition.fps must be a finite number, got inf"),
+        ({"sample.liquid_thickness_nm": "inf"}, "sample.liquid_thickness_nm must be a finite number"),
+        ({"microscope.cs_um": "-inf"}, "microscope.cs_um must be a finite number"),
+        ({"acquisition.dose_e_per_A2": 1e9}, "uint16 counting frames need at most 1000"),
+        ({"simulate.workers": 100000}, "simulate.workers must be in [0, 256]"),
         ({"simulate.frames": "many"}, "simulate.frames expects int, got 'many'"),
         ({"acquisition.shape": "512"}, "expected a frame shape as HxW"),
         ({"sample.colour": 1}, "unknown setting 'sample.colour'"),
@@ -69,6 +74,10 @@ def test_bad_toml_files(tmp_path):
     bad.write_text("[acquisition\nfps=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"[sample]\nmorphology = \"\xe9\"\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(latin)
     flat = tmp_path / "flat.toml"
     flat.write_text("fps = 3\n")
     with pytest.raises(ConfigError, match="must be a table"):

@@ -126,3 +126,58 @@ def test_not_a_recording_is_a_clear_error(tmp_path):
     (tmp_path / "recording.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(RecordingError, match="expected format"):
         Recording(tmp_path)
+
+
+def test_interrupted_flush_writes_the_block_once(tmp_path, monkeypatch):
+    """A signal during the fsync of a block: the block is taken back and written once later."""
+    frames = _frames(8)
+    w = RecordingWriter(tmp_path / "r", shape=frames[0].shape, pixel_size_A=1, fps=1, block_frames=4)
+    for i in range(3):
+        w.append(frames[i], frame_index=i, t_ns=i)
+    calls = {"n": 0}
+    real_fsync = os.fsync
+
+    def interrupted(fd):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        w.append(frames[3], frame_index=3, t_ns=3)  # fills the block: flush, interrupted
+    w.flush()  # what simulate does on the way out
+    for i in range(4, 8):
+        w.append(frames[i], frame_index=i, t_ns=i)
+    w.close()
+    with Recording(tmp_path / "r") as rec:
+        np.testing.assert_array_equal(rec.frame_index, np.arange(8))
+        np.testing.assert_array_equal(rec.read_all(), np.stack(frames))
+
+
+def test_a_repeated_block_is_not_read_twice(tmp_path):
+    frames = _frames(8)
+    _write(tmp_path / "r", frames, codec="raw", block=4)
+    data = tmp_path / "r" / "frames.bin"
+    raw = data.read_bytes()
+    half = len(raw) // 2  # two equal blocks of 4 frames
+    data.write_bytes(raw[:half] + raw[:half] + raw[half:])  # block 0 again where block 1 belongs
+    (tmp_path / "r" / "index.bin").unlink()
+    with Recording(tmp_path / "r") as rec:
+        assert len(rec) == 4 and rec.torn_tail_bytes == len(raw)
+        np.testing.assert_array_equal(rec.frame_index, np.arange(100, 104))
+
+
+def test_corruption_in_a_middle_block_names_the_frame(tmp_path):
+    frames = _frames(12)
+    _write(tmp_path / "r", frames, codec="raw", block=4)
+    data = tmp_path / "r" / "frames.bin"
+    raw = bytearray(data.read_bytes())
+    block = len(raw) // 3
+    raw[block + block - 10] ^= 0xFF  # the end of the second block: its last frame, acquisition index 107
+    data.write_bytes(bytes(raw))
+    with Recording(tmp_path / "r") as rec:
+        assert len(rec) == 12  # only the last block is verified whole when opening
+        np.testing.assert_array_equal(rec.read(6), frames[6])
+        with pytest.raises(RecordingError, match="frame 107 fails its CRC check"):
+            rec.read(7)
