@@ -86,6 +86,8 @@ WATER_INNER_POTENTIAL_V = 4.8
 #: From molecule-number fluctuations: 3.3 molecules/A^2 per 10 nm, ~0.094 rad A^2 each.
 WATER_PHASE_STD_10NM = 0.08
 WATER_CORRELATION_A = 1.0
+#: width of the fade from a particle's single water tile into the tiled background, px
+WATER_TAPER_PX = 16
 #: metallic radius of Pt, A, for the projected-diameter truth
 PT_METALLIC_RADIUS_A = 1.39
 
@@ -450,6 +452,10 @@ class FrameRenderer:
         self._blur: dict[tuple[int, int], np.ndarray] = {}
         self.weight = self._taper_weight(self.patch, self.taper)
         self.bank = self._make_bank()
+        # around each particle the water comes from a single bank tile, so that a crop box
+        # around it holds no seam between tiles; it fades into the tiled background at its edge
+        self.water_px = min(self.bank.tile, max(self.patch, cfg.frames.box_px + 2 * WATER_TAPER_PX))
+        self.water_weight = self._taper_weight(self.water_px, min(WATER_TAPER_PX, self.water_px // 4))
 
     # -- building blocks ------------------------------------------------------------------
     def _thickness_map(self) -> np.ndarray:
@@ -592,32 +598,41 @@ class FrameRenderer:
     def render(self, frame: int, want_clean: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Counts (uint16) of ``frame``, and its expected counts (float32) if ``want_clean``.
 
-        The frame's expected counts start as the water background tiled from the bank; each
+        The frame's expected counts start as the water background tiled from the bank. Around
+        each particle, a square larger than the crop box takes its water from one bank tile (no
+        seam between tiles there), fading into the tiled background at its edge. Then each
         particle's own image (vacuum = 1, at its own defocus) and the local water attenuation
-        multiply into them over its neighbourhood, tapered to 1 at the edge, so that particles
-        that meet both stay. The neighbourhoods are then counted afresh (Poisson), the rest keeps
-        the bank's counts. The counts do not depend on ``want_clean``.
+        multiply into the expected counts over its neighbourhood, tapered to 1 at the edge, so
+        that particles that meet both stay. The squares are counted afresh (Poisson); the rest
+        keeps the bank's counts. The counts do not depend on ``want_clean``.
         """
         rng = np.random.default_rng([self.cfg.simulate.seed, 1, frame])
         counts, lam = self._background(rng, want_lam=True)
-        rows, cols = self.shape
-        n = self.patch
+        b = self.bank
         touched: list[tuple[slice, slice]] = []
-        for track in self.tracks:
-            lab = track.lab_atoms(frame)
+        for track in self.tracks:  # the water around each particle
             ox, oy = track.origin_px[frame]
-            # the patch is aligned to frame pixels around the particle origin
-            py0, px0 = int(round(oy)) - n // 2, int(round(ox)) - n // 2
-            sy = slice(max(py0, 0), min(py0 + n, rows))
-            sx = slice(max(px0, 0), min(px0 + n, cols))
-            if sy.stop <= sy.start or sx.stop <= sx.start:
+            sy, sx, ly, lx = self._square(ox, oy, self.water_px)
+            if sy is None:
                 continue
+            k = int(rng.integers(b.counts.shape[0]))
+            ry, rx = (int(v) for v in rng.integers(0, b.tile, 2))
+            tile = b.lam[k, ry : ry + self.water_px, rx : rx + self.water_px]
+            w = self.water_weight[ly, lx]
+            lam[sy, sx] = w * tile[ly, lx] + (1.0 - w) * lam[sy, sx]
+            touched.append((sy, sx))
+        for track in self.tracks:  # each particle's image multiplies in
+            ox, oy = track.origin_px[frame]
+            sy, sx, ly, lx = self._square(ox, oy, self.patch)
+            if sy is None:
+                continue
+            lab = track.lab_atoms(frame)
+            n = self.patch
+            py0, px0 = sy.start - ly.start, sx.start - lx.start
             # atom (row, column) in A from the patch's pixel (0, 0) centre
             yx = np.stack([(oy - py0) * self.pix + lab[:, 1], (ox - px0) * self.pix + lab[:, 0]], axis=1)
             defocus = self.cfg.microscope.defocus_A + float(track.z_A[frame])
             particle = self.intensity((n, n), yx, 0.0, defocus, rng)
-            ly = slice(sy.start - py0, sy.stop - py0)
-            lx = slice(sx.start - px0, sx.stop - px0)
             w = self.weight[ly, lx]
             lam[sy, sx] *= 1.0 + w * (particle[ly, lx] * self.attenuation_ratio[sy, sx] - 1.0)
             touched.append((sy, sx))
@@ -631,6 +646,20 @@ class FrameRenderer:
             np.maximum(region, 0.0, out=region)
             counts[y0:y1, x0:x1][mask] = np.minimum(rng.poisson(region[mask]), 65535).astype(np.uint16)
         return counts, (lam if want_clean else None)
+
+    def _square(self, ox: float, oy: float, n: int):
+        """Frame and local slices of the ``n``-px square aligned to pixels around (ox, oy) px.
+
+        Returns ``(sy, sx, ly, lx)`` (frame rows, frame columns, and the same in the square), or
+        four ``None`` when the square lies outside the frame.
+        """
+        rows, cols = self.shape
+        py0, px0 = int(round(oy)) - n // 2, int(round(ox)) - n // 2
+        sy = slice(max(py0, 0), min(py0 + n, rows))
+        sx = slice(max(px0, 0), min(px0 + n, cols))
+        if sy.stop <= sy.start or sx.stop <= sx.start:
+            return None, None, None, None
+        return sy, sx, slice(sy.start - py0, sy.stop - py0), slice(sx.start - px0, sx.stop - px0)
 
 
 # --------------------------------------------------------------------------------------------

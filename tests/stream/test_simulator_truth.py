@@ -98,3 +98,35 @@ def test_water_viscosity_does_not_hang():
     assert track.rot_diffusion[0] > 1e7
     z_axis = np.stack([quat_to_matrix(q)[:, 2] for q in track.quat])
     assert abs(np.mean(np.sum(z_axis[1:] * z_axis[:-1], axis=1))) < 0.2  # no memory from frame to frame
+
+
+def _line_contrast(img, mask):
+    """Largest mean |step| across one row or column boundary, over the median one (pixels in
+    ``mask`` only): ~1.5 for seamless texture, 3-5 across a seam between two tiles."""
+    worst = 0.0
+    for axis in (0, 1):
+        d = np.abs(np.diff(img, axis=axis))
+        m = (mask[1:, :] & mask[:-1, :]) if axis == 0 else (mask[:, 1:] & mask[:, :-1])
+        step = (d * m).sum(axis=1 - axis) / np.maximum(m.sum(axis=1 - axis), 1)
+        worst = max(worst, float(step.max() / np.median(step)))
+    return worst
+
+
+def test_no_tile_seam_in_the_crop_box_around_a_particle():
+    """The water around a particle comes from one tile: no line of discontinuity in its box."""
+    cfg = small_config(**{"acquisition.shape": "512x512", "frames.box_px": 160, "sample.diameter_nm": 2.0,
+                          "sample.etch_rate_atoms_s": 0.0})
+    track = simulate_trajectories(cfg)[0]
+    r = FrameRenderer(cfg, [track])
+    yy, xx = np.indices((160, 160))
+    off_particle = np.hypot(yy - 80, xx - 80) > 40
+    for f in range(6):
+        lam = r.render(f, want_clean=True)[1]
+        cx, cy = (int(round(v)) for v in track.origin_px[f])
+        crop = lam[cy - 80 : cy + 80, cx - 80 : cx + 80]
+        assert _line_contrast(crop, off_particle) < 2.3, f"frame {f}: a seam in the crop box"
+        # the check can fail: a box on a seam between tiles, elsewhere in the frame, does
+        seam_row = int(np.argmax(np.abs(np.diff(lam, axis=0)).mean(axis=1)))
+        y0 = min(max(seam_row - 80, 0), 512 - 160)
+        elsewhere = lam[y0 : y0 + 160, :160]
+        assert _line_contrast(elsewhere, np.ones_like(elsewhere, dtype=bool)) > 2.5
