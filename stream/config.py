@@ -110,6 +110,7 @@ class MicroscopeConfig:
     defocus_A : float
         Defocus at the focal plane, A, Kirkland's sign (> 0 underfocus). The default -57 A is a
         slight overfocus that balances Cs = -11 um (``-sqrt(1.5 |Cs| lambda)``): white atoms.
+        The paper's "slight positive focus" is a negative value here.
     convergence_mrad : float
         Illumination semi-angle, mrad. With the partial-coherence envelope it sets the depth of
         focus: at 4 mrad the Pt lattice fades beyond about 20-30 nm from the focal plane (a
@@ -149,6 +150,7 @@ class SampleConfig:
         Initial particle diameter, nm (sphere: cut diameter; truncated octahedron: diameter of
         the sphere of equal volume). The paper's particles were 1-3 nm.
     morphology : {"sphere", "truncated_octahedron"}
+        Shape the particle is cut as from the FCC lattice.
     lattice_A : float
         FCC lattice constant, A (Pt: 3.92).
     b_factor_A2 : float
@@ -282,6 +284,7 @@ class StreamConfig:
     Attributes
     ----------
     protocol : {"btomo", "dectris1", "dectris2"}
+        Wire protocol of the stream: btomo's own, or a DECTRIS detector's stream v1 / v2.
     source : str
         ZeroMQ address the receiver connects to (the sender binds, as a detector does).
     queue_frames : int

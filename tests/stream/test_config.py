@@ -88,3 +88,22 @@ def test_parse_shape():
     assert parse_shape("1920x1728") == (1920, 1728)
     with pytest.raises(ConfigError):
         parse_shape("axb")
+
+
+def test_configuration_page_lists_every_setting_with_its_default():
+    """docs/configuration.md (tools/config_doc.py) is up to date with the dataclasses."""
+    import dataclasses
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    cfg = RunConfig()
+    for f in dataclasses.fields(cfg):
+        assert f"## [{f.name}]" in page
+        section = getattr(cfg, f.name)
+        for g in dataclasses.fields(section):
+            value = getattr(section, g.name)
+            shown = "x".join(map(str, value)) if isinstance(value, tuple) else repr(value)
+            row = f"| `{g.name}` | `{shown}` | "
+            assert row in page, f"{f.name}.{g.name} = {shown} missing: run python tools/config_doc.py"
+            described = page.split(row, 1)[1].split("\n", 1)[0]
+            assert len(described.strip(" |")) > 10, f"{f.name}.{g.name} has no description"
