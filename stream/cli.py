@@ -84,12 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the live display")
     _common(p)
 
-    p = sub.add_parser("simulate", help="write a synthetic recording with its ground truth")
+    p = sub.add_parser(
+        "simulate", help="write a synthetic recording with its ground truth",
+        description="Simulate a GLC TEM session of etching Pt nanocrystals (docs/simulator.md) and write it as a "
+                    "recording: OUT/recording.json, frames.bin, index.bin, config.toml, and truth/ with the true "
+                    "centre, orientation, focus, lattice visibility and atoms of every frame (docs/recording.md).")
     p.add_argument("out", type=Path, help="new recording directory")
     p.add_argument("--frames", type=int, help="frames to write (default 2000)")
     p.add_argument("--fps", type=float, help="frame rate, frames/s (default 400)")
     p.add_argument("--shape", help="frame shape HxW, px (default 1920x1728)")
-    p.add_argument("--diameter-nm", type=float, help="initial particle diameter, nm (default 2.0)")
+    p.add_argument("--diameter-nm", type=float, help="initial particle diameter (equal volume), nm (default 2.0)")
     p.add_argument("--dose", type=float, help="dose per frame, e/A^2 (default 15)")
     p.add_argument("--etch-rate", type=float, help="etching rate, atoms/s (default 7)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
