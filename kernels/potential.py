@@ -76,7 +76,8 @@ def structure_factor(positions_yx, shape: tuple[int, int], pixel_size_A: float, 
         Sampling in A/px.
     half : bool
         Only the ``nx // 2 + 1`` non-negative x frequencies (the layout of ``rfft2``): enough for
-        a real density, since ``S(-k) = conj(S(k))``; half the work.
+        a real density, since ``S(-k) = conj(S(k))``; half the work. On even grids the Nyquist
+        row and column hold the average of the +k_N and -k_N terms.
     """
     xp = array_namespace(positions_yx)
     pos = xp.asarray(positions_yx, dtype=xp.float64)
@@ -87,6 +88,14 @@ def structure_factor(positions_yx, shape: tuple[int, int], pixel_size_A: float, 
     kx = xp.fft.rfftfreq(nx, d=pixel_size_A) if half else xp.fft.fftfreq(nx, d=pixel_size_A)
     ey = xp.exp(-2j * math.pi * pos[:, 0:1] * ky[None, :]).astype(xp.complex64)
     ex = xp.exp(-2j * math.pi * pos[:, 1:2] * kx[None, :]).astype(xp.complex64)
+    # On an even grid the Nyquist frequency stands for both +k_N and -k_N: average the two,
+    # cos(2 pi k_N r), so that S is exactly Hermitian and its inverse transform exactly real
+    # (the same result from irfft2 and ifft2, on NumPy and on cuFFT).
+    if ny % 2 == 0:
+        ey[:, ny // 2] = ey[:, ny // 2].real
+    if nx % 2 == 0:
+        col = -1 if half else nx // 2
+        ex[:, col] = ex[:, col].real
     return ey.T @ ex
 
 

@@ -182,6 +182,9 @@ class SampleConfig:
         Relative standard deviation of the smooth random thickness map.
     liquid_mfp_nm : float
         Mean free path of 300 kV electrons in water for scattering out of the image, nm.
+    liquid_texture : float
+        Strength of the water's amorphous phase texture relative to liquid water (1); 0 gives
+        a structureless liquid (attenuation only).
     visibility_angle_deg : float
         Tolerance for a lattice plane (or zone axis) to count as edge-on (aligned) in the truth,
         deg; 0 means size-dependent: 0.64 d_hkl/D rad for a crystal of diameter D, where the
@@ -205,6 +208,7 @@ class SampleConfig:
     liquid_thickness_nm: float = 10.0
     liquid_variation: float = 0.2
     liquid_mfp_nm: float = 300.0
+    liquid_texture: float = 1.0
     visibility_angle_deg: float = 0.0
 
     def validate(self) -> None:
@@ -220,7 +224,7 @@ class SampleConfig:
         for name in (
             "b_factor_A2", "rot_diffusion_rad2_s", "viscosity_pa_s", "diffusion_xy_A2_s",
             "diffusion_z_A2_s", "z_range_nm", "etch_rate_atoms_s", "etch_selectivity",
-            "liquid_thickness_nm", "liquid_variation", "visibility_angle_deg",
+            "liquid_thickness_nm", "liquid_variation", "liquid_texture", "visibility_angle_deg",
         ):
             _positive(f"sample.{name}", getattr(self, name), allow_zero=True)
         if self.min_atoms < 1:

@@ -18,10 +18,13 @@ block, reporting how many bytes it skipped. Everything before it reads back bit-
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +57,26 @@ _FRAME_ENTRY = struct.Struct("<qqQQII")
 # block offset, block bytes, n frames, first ordinal, first frame, last frame, first t, last t
 _INDEX_ENTRY = struct.Struct("<QQIQqqqq")
 _INDEX_HEADER = struct.Struct("<8sHH4x")
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM while a block is written and accounted for.
+
+    A Ctrl-C between writing a block and clearing it from the queue would let the next flush
+    write it again. The signals are delivered as soon as the block is done (POSIX, main thread;
+    elsewhere this does nothing and the rollback below still prevents partial blocks).
+    """
+    can = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    if not can:
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class RecordingError(RuntimeError):
@@ -193,6 +216,11 @@ class RecordingWriter:
         """Write the queued frames as one block, then its index record."""
         if not self._pending:
             return
+        with _signals_deferred():
+            self._write_block()
+
+    def _write_block(self) -> None:
+        """Write one block and its index record, then account for it."""
         table = bytearray()
         offset = 0
         for p in self._pending:
@@ -263,14 +291,22 @@ class RecordingWriter:
     def __enter__(self) -> "RecordingWriter":
         return self
 
+    def abandon(self) -> None:
+        """Stop writing after a failure: flush what is queued, close, do not claim completeness."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._data.close()
+            self._index.close()
+            self._closed = True
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
         else:  # keep what is durable; do not claim completeness
-            self.flush()
-            self._data.close()
-            self._index.close()
-            self._closed = True
+            self.abandon()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ same recording, bit for bit, whatever the number of worker processes.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import itertools
@@ -37,9 +38,11 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import signal
 import time
 import zlib
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -538,7 +541,7 @@ class FrameRenderer:
             g = np.exp(-2 * math.pi**2 * corr_px**2 * (ky * ky + kx * kx)).astype(np.float32)
             amorph = sfft.ifft2(sfft.fft2(noise) * g).real.astype(np.float32)
             # white noise of unit variance filtered by a unit-sum Gaussian: variance 1/(4 pi s^2)
-            amorph *= WATER_PHASE_STD_10NM * math.sqrt(4 * math.pi) * corr_px
+            amorph *= WATER_PHASE_STD_10NM * s.liquid_texture * math.sqrt(4 * math.pi) * corr_px
             phase = (self.sigma * WATER_INNER_POTENTIAL_V) * t_fine + amorph * np.sqrt(t_fine / 100.0)
             amp = np.exp(-t_fine / (2.0 * 10.0 * s.liquid_mfp_nm))
             inten = self._image(phase, amp, self.cfg.microscope.defocus_A)
@@ -554,7 +557,9 @@ class FrameRenderer:
         return inten
 
     def _make_bank(self) -> _Bank:
-        t = min(256, *self.shape)
+        # large enough for the single-tile water square around a particle (crop box + fades)
+        want = max(256, self.cfg.frames.box_px + 2 * WATER_TAPER_PX, self.patch)
+        t = min(16 * math.ceil(want / 16), *self.shape)
         rng = np.random.default_rng([self.cfg.simulate.seed, 2])
         counts = np.empty((self.BANK_TILES, 2 * t, 2 * t), dtype=np.uint16)
         lam = np.empty((self.BANK_TILES, 2 * t, 2 * t), dtype=np.float32)
@@ -600,16 +605,16 @@ class FrameRenderer:
 
         The frame's expected counts start as the water background tiled from the bank. Around
         each particle, a square larger than the crop box takes its water from one bank tile (no
-        seam between tiles there), fading into the tiled background at its edge. Then each
-        particle's own image (vacuum = 1, at its own defocus) and the local water attenuation
-        multiply into the expected counts over its neighbourhood, tapered to 1 at the edge, so
-        that particles that meet both stay. The squares are counted afresh (Poisson); the rest
-        keeps the bank's counts. The counts do not depend on ``want_clean``.
+        seam between tiles there), fading into the tiled background at its edge; the local
+        thickness's attenuation is applied once over these squares. Then each particle's own
+        image (vacuum = 1, at its own defocus) multiplies in over its neighbourhood, tapered to 1
+        at the edge, so that particles that meet both stay. The squares are counted afresh
+        (Poisson); the rest keeps the bank's counts. The counts do not depend on ``want_clean``.
         """
         rng = np.random.default_rng([self.cfg.simulate.seed, 1, frame])
         counts, lam = self._background(rng, want_lam=True)
         b = self.bank
-        touched: list[tuple[slice, slice]] = []
+        squares: list[tuple[slice, slice, np.ndarray]] = []
         for track in self.tracks:  # the water around each particle
             ox, oy = track.origin_px[frame]
             sy, sx, ly, lx = self._square(ox, oy, self.water_px)
@@ -620,7 +625,17 @@ class FrameRenderer:
             tile = b.lam[k, ry : ry + self.water_px, rx : rx + self.water_px]
             w = self.water_weight[ly, lx]
             lam[sy, sx] = w * tile[ly, lx] + (1.0 - w) * lam[sy, sx]
-            touched.append((sy, sx))
+            squares.append((sy, sx, w))
+        if not squares:
+            return counts, (lam if want_clean else None)
+        y0, y1 = min(q[0].start for q in squares), max(q[0].stop for q in squares)
+        x0, x1 = min(q[1].start for q in squares), max(q[1].stop for q in squares)
+        # the local thickness's attenuation, once over all squares (the tiles have the mean)
+        wmax = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+        for sy, sx, w in squares:
+            view = wmax[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0]
+            np.maximum(view, w, out=view)
+        lam[y0:y1, x0:x1] *= 1.0 + wmax * (self.attenuation_ratio[y0:y1, x0:x1] - 1.0)
         for track in self.tracks:  # each particle's image multiplies in
             ox, oy = track.origin_px[frame]
             sy, sx, ly, lx = self._square(ox, oy, self.patch)
@@ -633,18 +648,14 @@ class FrameRenderer:
             yx = np.stack([(oy - py0) * self.pix + lab[:, 1], (ox - px0) * self.pix + lab[:, 0]], axis=1)
             defocus = self.cfg.microscope.defocus_A + float(track.z_A[frame])
             particle = self.intensity((n, n), yx, 0.0, defocus, rng)
-            w = self.weight[ly, lx]
-            lam[sy, sx] *= 1.0 + w * (particle[ly, lx] * self.attenuation_ratio[sy, sx] - 1.0)
-            touched.append((sy, sx))
-        if touched:
-            y0, y1 = min(t[0].start for t in touched), max(t[0].stop for t in touched)
-            x0, x1 = min(t[1].start for t in touched), max(t[1].stop for t in touched)
-            mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-            for sy, sx in touched:
-                mask[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0] = True
-            region = lam[y0:y1, x0:x1]
-            np.maximum(region, 0.0, out=region)
-            counts[y0:y1, x0:x1][mask] = np.minimum(rng.poisson(region[mask]), 65535).astype(np.uint16)
+            lam[sy, sx] *= 1.0 + self.weight[ly, lx] * (particle[ly, lx] - 1.0)
+        # count the squares afresh (a particle's patch lies inside its water square)
+        region = lam[y0:y1, x0:x1]
+        np.maximum(region, 0.0, out=region)
+        mask = wmax > 0
+        for sy, sx, _ in squares:  # the squares' outermost pixels have weight 0: count them too
+            mask[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0] = True
+        counts[y0:y1, x0:x1][mask] = np.minimum(rng.poisson(region[mask]), 65535).astype(np.uint16)
         return counts, (lam if want_clean else None)
 
     def _square(self, ox: float, oy: float, n: int):
@@ -668,7 +679,9 @@ class FrameRenderer:
 _WORKER: dict = {}
 
 
-def _worker_init(cfg_dict: dict, tracks: list[ParticleTrack]) -> None:
+def _worker_init(cfg_dict: dict, tracks: list[ParticleTrack], subprocess: bool = False) -> None:
+    if subprocess:  # the parent handles Ctrl-C (and flushes); a worker just stops with the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     cfg = RunConfig.from_dict(cfg_dict)
     _WORKER["renderer"] = FrameRenderer(cfg, tracks)
     _WORKER["codec"] = cfg.simulate.codec
@@ -693,41 +706,39 @@ def _rendered(cfg: RunConfig, tracks: list[ParticleTrack], chunks: list[list[int
     """Yield rendered chunks in frame order.
 
     With several workers, at most ``2 * workers`` chunks are in flight: when the writer falls
-    behind, rendering waits (backpressure), so memory stays bounded whatever the frame size.
+    behind, rendering waits (backpressure), so memory stays bounded whatever the frame size. A
+    worker that dies (killed, out of memory) raises ``BrokenProcessPool`` here instead of
+    hanging; workers ignore SIGINT, so that Ctrl-C is handled once, by this process.
     """
     if workers == 1:
         _worker_init(cfg.to_dict(), tracks)
         yield from map(_render_chunk, chunks)
         return
-    # one BLAS thread per worker: the workers are the parallelism
+    # one BLAS thread per worker: the workers are the parallelism. The executor starts its
+    # processes lazily, at the first submit, so the environment stays set until it is shut down.
     env_keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
     saved = {k: os.environ.get(k) for k in env_keys}
     os.environ.update({k: "1" for k in env_keys})
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                               initargs=(cfg.to_dict(), tracks, True))
+    in_flight: deque = deque()
+    todo = iter(chunks)
     try:
-        pool = mp.get_context("spawn").Pool(workers, _worker_init, (cfg.to_dict(), tracks))
+        for c in itertools.islice(todo, 2 * workers):
+            in_flight.append(pool.submit(_render_chunk, c))
+        while in_flight:
+            batch = in_flight.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                in_flight.append(pool.submit(_render_chunk, nxt))
+            yield batch
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    in_flight: deque = deque()
-    todo = iter(chunks)
-    try:
-        for c in itertools.islice(todo, 2 * workers):
-            in_flight.append(pool.apply_async(_render_chunk, (c,)))
-        while in_flight:
-            batch = in_flight.popleft().get()
-            nxt = next(todo, None)
-            if nxt is not None:
-                in_flight.append(pool.apply_async(_render_chunk, (nxt,)))
-            yield batch
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
 
 
 # --------------------------------------------------------------------------------------------
@@ -753,6 +764,18 @@ class SimulationResult:
         return self.frames / self.seconds if self.seconds > 0 else float("inf")
 
 
+@contextlib.contextmanager
+def _atomic(path: Path):
+    """Yield a temporary path beside ``path``; move it into place only when the block succeeds,
+    so that an interrupted run never leaves a truth file cut short."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _write_truth(cfg: RunConfig, tracks: list[ParticleTrack], out: Path) -> list[float]:
     from ase import Atoms  # noqa: PLC0415 - ASE only where atoms are written
     from ase.io import write as ase_write  # noqa: PLC0415
@@ -761,7 +784,7 @@ def _write_truth(cfg: RunConfig, tracks: list[ParticleTrack], out: Path) -> list
     truth.mkdir(parents=True, exist_ok=True)
     n_frames = len(tracks[0].quat)
     visible = [0] * len(tracks)
-    with open(truth / "frames.csv", "w", newline="") as fh:
+    with _atomic(truth / "frames.csv") as tmp, open(tmp, "w", newline="") as fh:
         wr = csv.DictWriter(fh, fieldnames=TRUTH_COLUMNS)
         wr.writeheader()
         for f in range(n_frames):
@@ -769,7 +792,7 @@ def _write_truth(cfg: RunConfig, tracks: list[ParticleTrack], out: Path) -> list
                 row = frame_truth(cfg, tr, f, p)
                 visible[p] += row["lattice_visible"]
                 wr.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
-    with open(truth / "etch_steps.csv", "w", newline="") as fh:
+    with _atomic(truth / "etch_steps.csv") as tmp, open(tmp, "w", newline="") as fh:
         wr = csv.writer(fh)
         wr.writerow(["particle", "step", "t_s", "frame", "atom", "cn", "n_atoms"])
         for p, tr in enumerate(tracks):
@@ -787,7 +810,8 @@ def _write_truth(cfg: RunConfig, tracks: list[ParticleTrack], out: Path) -> list
             a.new_array("id", np.flatnonzero(mask).astype(np.int64))
             a.info.update(step=k, frame=int(f), t_s=float(f / cfg.acquisition.fps))
             images.append(a)
-        ase_write(truth / f"atoms_p{p}.xyz", images, format="extxyz")
+        with _atomic(truth / f"atoms_p{p}.xyz") as tmp:
+            ase_write(tmp, images, format="extxyz")
         particles.append({
             "particle": p,
             "atoms_initial": int(len(tr.atoms0)),
@@ -799,7 +823,8 @@ def _write_truth(cfg: RunConfig, tracks: list[ParticleTrack], out: Path) -> list
             "rot_diffusion_rad2_s_last": float(tr.rot_diffusion[-1]),
             "atoms_file": f"atoms_p{p}.xyz",
         })
-    (truth / "particles.json").write_text(json.dumps({"particles": particles}, indent=2))
+    with _atomic(truth / "particles.json") as tmp:
+        tmp.write_text(json.dumps({"particles": particles}, indent=2))
     return [v / n_frames for v in visible]
 
 
@@ -858,7 +883,10 @@ def simulate(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) 
         # interrupted or failed: keep what is rendered, durable and readable; never mark it complete
         for w in (writer, clean_writer):
             if w is not None and not w.closed:
-                w.flush()
+                try:
+                    w.abandon()
+                except Exception:  # noqa: BLE001 - e.g. the disk is full: report, keep the first error
+                    log.exception("%s: could not flush what was rendered", w.path)
         raise
     finally:
         reporter.end()

@@ -28,14 +28,37 @@ def test_projected_potential_integrates_to_f0():
     assert vz[64, 60] == pytest.approx(vz[60, 64], rel=1e-4)
 
 
-def test_structure_factor_matches_brute_force():
+@pytest.mark.parametrize("shape", [(12, 10), (11, 9), (12, 9)])
+def test_structure_factor_matches_brute_force(shape):
+    """sum_j exp(-2 pi i k.r_j), with the Nyquist terms (even sizes) the mean of +k_N and -k_N."""
     rng = np.random.default_rng(1)
     pos = rng.uniform(0, 10, (7, 2))
-    s = structure_factor(pos, (12, 10), 0.5)
-    ky = np.fft.fftfreq(12, 0.5)[:, None]
-    kx = np.fft.fftfreq(10, 0.5)[None, :]
-    ref = sum(np.exp(-2j * math.pi * (ky * y + kx * x)) for y, x in pos)
+    s = structure_factor(pos, shape, 0.5)
+    ky = np.fft.fftfreq(shape[0], 0.5)[:, None]
+    kx = np.fft.fftfreq(shape[1], 0.5)[None, :]
+
+    def term(y, x, sy, sx):
+        return np.exp(-2j * math.pi * (sy * ky * y + sx * kx * x))
+
+    nyq_y = np.zeros(shape, bool)
+    nyq_x = np.zeros(shape, bool)
+    if shape[0] % 2 == 0:
+        nyq_y[shape[0] // 2, :] = True
+    if shape[1] % 2 == 0:
+        nyq_x[:, shape[1] // 2] = True
+    ref = np.zeros(shape, complex)
+    for y, x in pos:
+        # average over the sign of k at the Nyquist row / column, plain elsewhere
+        fy = np.where(nyq_y, 0.5, 1.0)
+        fx = np.where(nyq_x, 0.5, 1.0)
+        ref += fy * fx * term(y, x, 1, 1)
+        ref += np.where(nyq_y, fy * fx * term(y, x, -1, 1), 0)
+        ref += np.where(nyq_x, fy * fx * term(y, x, 1, -1), 0)
+        ref += np.where(nyq_y & nyq_x, fy * fx * term(y, x, -1, -1), 0)
     np.testing.assert_allclose(s, ref, atol=1e-4)
+    # Hermitian: S(-k) = conj(S(k)), so the inverse transform is real
+    flipped = np.roll(np.flip(s, (0, 1)), 1, axis=(0, 1))
+    np.testing.assert_allclose(flipped, np.conj(s), atol=1e-4)
 
 
 def test_bad_positions_shape_is_rejected():
@@ -47,9 +70,25 @@ def test_half_structure_factor_is_the_rfft_half():
     pos = np.random.default_rng(2).uniform(0, 8, (5, 2))
     full = structure_factor(pos, (10, 12), 0.5)
     half = structure_factor(pos, (10, 12), 0.5, half=True)
-    # the Nyquist column (index 6) is +k_N in the rfft layout and -k_N in the fft one
-    np.testing.assert_allclose(half[:, :6], full[:, :6], atol=1e-5)
+    np.testing.assert_allclose(half, full[:, :7], atol=1e-5)
     assert half.shape == (10, 7)
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (64, 33), (128, 130), (97, 95)])
+def test_projected_potential_equals_the_full_plane_transform(shape):
+    """The half-plane (irfft2) rendering equals ifft2 of the full structure factor, off-grid atoms."""
+    from btomo.kernels.potential import scattering_factor as f_of
+
+    pos = np.random.default_rng(3).uniform(3, 20, (12, 2))
+    pix = 0.3
+    got = projected_potential(pos, shape, pix, b_factor_A2=0.5)
+    ky = np.fft.fftfreq(shape[0], pix)[:, None]
+    kx = np.fft.fftfreq(shape[1], pix)[None, :]
+    k = np.hypot(ky, kx)
+    fk = POTENTIAL_CONSTANT * f_of(k) * np.exp(-0.5 * k * k / 4)
+    full = np.fft.ifft2(structure_factor(pos, shape, pix).astype(complex) * fk)
+    assert np.abs(full.imag).max() < 1e-3 * np.abs(full.real).max()  # Hermitian: real
+    np.testing.assert_allclose(got, full.real / pix**2, atol=2e-5 * float(np.abs(got).max()))
 
 
 def test_projected_potential_of_odd_grids_is_consistent():

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from btomo.stream.cli import EXIT_NOT_BUILT, NOT_BUILT, main
@@ -92,23 +93,27 @@ def test_demo_runs_and_says_where_its_outputs_are(tmp_path):
     assert "simulated 20 frames" in (tmp_path / "run" / "btomo.log").read_text()
 
 
-def test_signal_stops_simulate_and_keeps_what_was_written(tmp_path):
+@pytest.mark.parametrize("how, workers", [("SIGTERM to the process", "1"), ("Ctrl-C to the process group", "2")])
+def test_signal_stops_simulate_and_keeps_what_was_written(tmp_path, how, workers):
     import os
     import signal
     import time
 
     out = tmp_path / "rec"
     proc = subprocess.Popen([sys.executable, "-m", "btomo.stream", "simulate", str(out), "--frames", "20000",
-                             "--shape", "192x192", "--set", "frames.box_px=128", "--workers", "1",
+                             "--shape", "192x192", "--set", "frames.box_px=128", "--workers", workers,
                              "--set", "simulate.block_frames=8", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if (out / "frames.bin").exists() and (out / "frames.bin").stat().st_size > 0:
             break
         time.sleep(0.2)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    if workers == "1":
+        proc.send_signal(signal.SIGTERM)
+    else:  # what a terminal does: SIGINT to the parent and its workers
+        os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
@@ -116,8 +121,9 @@ def test_signal_stops_simulate_and_keeps_what_was_written(tmp_path):
         assert not rec.complete
         assert len(rec) >= 8  # what was rendered before the signal, flushed
         assert rec.torn_tail_bytes == 0
+        np.testing.assert_array_equal(rec.frame_index, np.arange(len(rec)))
         rec.read_all()
-    assert os.path.getsize(out / "frames.bin") > 0
+    assert (out / "truth" / "frames.csv").exists()  # the truth is written before rendering
 
 
 def test_unwritable_output_is_one_line(tmp_path):

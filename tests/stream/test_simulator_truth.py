@@ -130,3 +130,23 @@ def test_no_tile_seam_in_the_crop_box_around_a_particle():
         y0 = min(max(seam_row - 80, 0), 512 - 160)
         elsewhere = lam[y0 : y0 + 160, :160]
         assert _line_contrast(elsewhere, np.ones_like(elsewhere, dtype=bool)) > 2.5
+
+
+def test_thickness_map_attenuates_once_where_particles_overlap():
+    """Off the particles, expected counts are dose x pixel area x exp(-t(x) / mfp), whatever the
+    number of particles whose neighbourhoods cover the pixel."""
+    cfg = small_config(**{"sample.particles": 2, "sample.liquid_texture": 0.0, "sample.liquid_mfp_nm": 20.0,
+                          "sample.liquid_variation": 0.5, "acquisition.shape": "256x256", "sample.diameter_nm": 1.0})
+    a, b = simulate_trajectories(cfg, n_frames=1)
+    b = copy.deepcopy(b)
+    b.origin_px[0] = a.origin_px[0] + [40.0, 0.0]
+    r = FrameRenderer(cfg, [a, b])
+    lam = r.render(0, want_clean=True)[1]
+    expected = 15.0 * 0.358**2 * np.exp(-r.thickness_A / (10 * cfg.sample.liquid_mfp_nm))
+    yy, xx = np.indices(lam.shape)
+    (ax, ay), (bx, by) = a.origin_px[0], b.origin_px[0]
+    off = (np.hypot(xx - ax, yy - ay) > 25) & (np.hypot(xx - bx, yy - by) > 25)
+    both = off & (np.abs(xx - ax) < 40) & (np.abs(yy - ay) < 40) & (np.abs(xx - bx) < 40) & (np.abs(yy - by) < 40)
+    sensitive = both & (np.abs(r.attenuation_ratio - 1) > 0.03)
+    assert sensitive.sum() > 100
+    np.testing.assert_allclose(lam[sensitive], expected[sensitive], rtol=0.01)
