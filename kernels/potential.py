@@ -17,7 +17,6 @@ import numpy as np
 
 from functools import lru_cache
 
-from .optics import frequency_grid
 from .xp import array_namespace, fft_module
 
 __all__ = [

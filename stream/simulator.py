@@ -52,7 +52,6 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
 from btomo.kernels.crystal import (
-    coordination_numbers,
     d_spacing,
     equivalent_diameter_A,
     fcc_cluster,

@@ -4,7 +4,6 @@ import csv
 import math
 
 import numpy as np
-import pytest
 from ase.io import read as ase_read
 
 from btomo.kernels.rotation import quat_to_matrix
