@@ -28,6 +28,7 @@ __all__ = [
     "temporal_envelope",
     "frequency_grid",
     "transfer_function",
+    "ObjectiveLens",
     "scherzer_defocus",
 ]
 
@@ -93,6 +94,70 @@ def frequency_grid(shape: tuple[int, int], pixel_size_A: float, xp=np):
     return ky, kx, xp.sqrt(ky * ky + kx * kx)
 
 
+class ObjectiveLens:
+    """Objective transfer ``exp(-i chi) E_s E_t A`` on one FFT grid, for any defocus.
+
+    The defocus-independent parts of chi and of the envelopes (Kirkland eqs. 3.42, 3.50, 3.53)
+    are computed once per grid, so that a simulator asking for a new defocus every frame pays
+    only a few elementwise operations; the transfer at ``cache_defocus_A`` is kept whole.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+        Grid shape in pixels.
+    pixel_size_A : float
+        Sampling in A/px.
+    wavelength_A, cs_A : float
+        Electron wavelength and spherical aberration, A.
+    convergence_rad : float
+        Illumination semi-angle in rad (spatial coherence).
+    focal_spread_A : float
+        Focal spread in A (temporal coherence).
+    aperture_inv_A : float, optional
+        Objective aperture radius in 1/A; ``None`` for no aperture.
+    cache_defocus_A : float, optional
+        A defocus asked for often (the nominal one): its transfer is computed once.
+    """
+
+    def __init__(self, shape: tuple[int, int], pixel_size_A: float, *, wavelength_A: float, cs_A: float,
+                 convergence_rad: float = 0.0, focal_spread_A: float = 0.0,
+                 aperture_inv_A: float | None = None, cache_defocus_A: float | None = None, xp=np):
+        self.xp = xp
+        _, _, k = frequency_grid(shape, pixel_size_A, xp)
+        k2 = k * k
+        lam = wavelength_A
+        self._chi_cs = math.pi * lam * k2 * 0.5 * cs_A * lam**2 * k2
+        self._chi_df = math.pi * lam * k2
+        self._g_cs = cs_A * lam**3 * k**3
+        self._g_df = lam * k
+        self._a = (math.pi * convergence_rad / lam) ** 2
+        fixed = xp.ones_like(k)
+        if focal_spread_A > 0:
+            fixed = fixed * temporal_envelope(k, lam, focal_spread_A)
+        if aperture_inv_A is not None:
+            fixed = fixed * (k <= aperture_inv_A)
+        self._fixed = fixed
+        self._cache_defocus = cache_defocus_A
+        self._cached = None
+
+    def transfer(self, defocus_A: float):
+        """The transfer function at ``defocus_A`` (Kirkland sign, > 0 underfocus), complex64."""
+        if defocus_A == self._cache_defocus:
+            if self._cached is None:
+                self._cached = self._transfer(defocus_A)
+            return self._cached
+        return self._transfer(defocus_A)
+
+    def _transfer(self, defocus_A: float):
+        xp = self.xp
+        chi = self._chi_cs - self._chi_df * defocus_A  # aberration_phase, with its parts cached
+        env = self._fixed
+        if self._a > 0:
+            grad = self._g_cs - self._g_df * defocus_A  # the argument of spatial_envelope
+            env = env * xp.exp(-self._a * grad * grad)
+        return (xp.exp(-1j * chi) * env).astype(xp.complex64)
+
+
 def transfer_function(
     shape: tuple[int, int],
     pixel_size_A: float,
@@ -122,14 +187,7 @@ def transfer_function(
     aperture_inv_A : float, optional
         Objective aperture radius in 1/A; ``None`` for no aperture.
     """
-    _, _, k = frequency_grid(shape, pixel_size_A, xp)
-    chi = aberration_phase(k, wavelength_A, defocus_A, cs_A)
-    h = xp.exp(-1j * chi).astype(xp.complex64)
-    env = xp.ones_like(k)
-    if convergence_rad > 0:
-        env = env * spatial_envelope(k, wavelength_A, defocus_A, cs_A, convergence_rad)
-    if focal_spread_A > 0:
-        env = env * temporal_envelope(k, wavelength_A, focal_spread_A)
-    if aperture_inv_A is not None:
-        env = env * (k <= aperture_inv_A)
-    return (h * env).astype(xp.complex64)
+    lens = ObjectiveLens(shape, pixel_size_A, wavelength_A=wavelength_A, cs_A=cs_A,
+                         convergence_rad=convergence_rad, focal_spread_A=focal_spread_A,
+                         aperture_inv_A=aperture_inv_A, xp=xp)
+    return lens.transfer(defocus_A)

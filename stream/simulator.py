@@ -58,7 +58,7 @@ from btomo.kernels.crystal import (
     plane_normals,
     zone_axes,
 )
-from btomo.kernels.optics import electron_wavelength, interaction_constant, spatial_envelope
+from btomo.kernels.optics import ObjectiveLens, electron_wavelength, interaction_constant, spatial_envelope
 from btomo.kernels.potential import projected_potential
 from btomo.kernels.rotation import quat_from_rotvec, quat_multiply, quat_to_matrix, random_quaternion
 
@@ -382,43 +382,6 @@ def frame_truth(cfg: RunConfig, track: ParticleTrack, frame: int, particle: int)
 # --------------------------------------------------------------------------------------------
 # Image formation
 # --------------------------------------------------------------------------------------------
-class _Optics:
-    """Objective transfer on one grid, with the defocus-independent parts cached."""
-
-    def __init__(self, shape: tuple[int, int], pixel_size_A: float, cfg: RunConfig):
-        mic = cfg.microscope
-        self.lam = electron_wavelength(mic.voltage_kv)
-        cs = mic.cs_um * 1e4
-        ky = np.fft.fftfreq(shape[0], d=pixel_size_A)[:, None]
-        kx = np.fft.fftfreq(shape[1], d=pixel_size_A)[None, :]
-        k2 = ky * ky + kx * kx
-        k = np.sqrt(k2)
-        self._chi_cs = math.pi * self.lam * k2 * 0.5 * cs * self.lam**2 * k2
-        self._chi_df = math.pi * self.lam * k2
-        self._g_cs = cs * self.lam**3 * k**3
-        self._g_df = self.lam * k
-        self._a = (math.pi * mic.convergence_mrad * 1e-3 / self.lam) ** 2
-        self._temporal = np.exp(-0.5 * (math.pi * self.lam * mic.focal_spread_A) ** 2 * k2 * k2)
-        self._nominal = mic.defocus_A
-        self._h_nominal: np.ndarray | None = None
-
-    def transfer(self, defocus_A: float) -> np.ndarray:
-        """``exp(-i chi) E_s E_t`` at this defocus (Kirkland sign), complex64.
-
-        The one at the nominal defocus (the water's, every frame) is computed once."""
-        if defocus_A != self._nominal:
-            return self._transfer(defocus_A)
-        if self._h_nominal is None:
-            self._h_nominal = self._transfer(defocus_A)
-        return self._h_nominal
-
-    def _transfer(self, defocus_A: float) -> np.ndarray:
-        chi = self._chi_cs - self._chi_df * defocus_A
-        grad = self._g_cs - self._g_df * defocus_A
-        env = np.exp(-self._a * grad * grad) * self._temporal
-        return (np.exp(-1j * chi) * env).astype(np.complex64)
-
-
 @dataclass
 class _Bank:
     """Pre-rendered background tiles, stored 2x2 periodically so any shift is a view."""
@@ -450,7 +413,7 @@ class FrameRenderer:
         self.attenuation_ratio = np.exp(
             -(self.thickness_A - self.mean_thickness_A) / (10.0 * s.liquid_mfp_nm)
         ).astype(np.float32)
-        self._optics: dict[tuple[int, int], _Optics] = {}
+        self._optics: dict[tuple[int, int], ObjectiveLens] = {}
         self._blur: dict[tuple[int, int], np.ndarray] = {}
         self.weight = self._taper_weight(self.patch, self.taper)
         self.bank = self._make_bank()
@@ -473,9 +436,14 @@ class FrameRenderer:
         fine = ndimage.zoom(coarse, step, order=1)[:rows, :cols]
         return np.clip(mean * (1.0 + s.liquid_variation * fine), 0.0, None).astype(np.float32)
 
-    def optics(self, shape: tuple[int, int]) -> _Optics:
+    def optics(self, shape: tuple[int, int]) -> ObjectiveLens:
+        """The objective on a (fine) grid of ``shape``; the nominal defocus's transfer is kept."""
         if shape not in self._optics:
-            self._optics[shape] = _Optics(shape, self.pix / self.os, self.cfg)
+            mic = self.cfg.microscope
+            self._optics[shape] = ObjectiveLens(
+                shape, self.pix / self.os, wavelength_A=electron_wavelength(mic.voltage_kv),
+                cs_A=mic.cs_um * 1e4, convergence_rad=mic.convergence_mrad * 1e-3,
+                focal_spread_A=mic.focal_spread_A, cache_defocus_A=mic.defocus_A)
         return self._optics[shape]
 
     def _detector_mtf(self, shape: tuple[int, int]) -> np.ndarray:

@@ -58,3 +58,18 @@ def test_transfer_function_is_unit_modulus_without_envelopes():
     h = transfer_function((32, 32), 0.358, wavelength_A=0.0197, defocus_A=-57, cs_A=-11e4)
     assert h.dtype == np.complex64
     np.testing.assert_allclose(np.abs(h), 1.0, atol=1e-6)
+
+
+def test_objective_lens_matches_the_separate_formulas():
+    """The cached lens gives exp(-i chi) E_s E_t at any defocus, and the cached one unchanged."""
+    from btomo.kernels.optics import ObjectiveLens, frequency_grid, temporal_envelope
+
+    lam, cs, alpha, delta = 0.019687, -11e4, 4e-3, 20.0
+    lens = ObjectiveLens((40, 36), 0.2, wavelength_A=lam, cs_A=cs, convergence_rad=alpha, focal_spread_A=delta,
+                         cache_defocus_A=-57.0)
+    _, _, k = frequency_grid((40, 36), 0.2)
+    for df in (-57.0, 120.0, -57.0):
+        ref = np.exp(-1j * aberration_phase(k, lam, df, cs)) * spatial_envelope(k, lam, df, cs, alpha) \
+            * temporal_envelope(k, lam, delta)
+        np.testing.assert_allclose(lens.transfer(df), ref, atol=2e-6)
+    assert lens.transfer(-57.0) is lens.transfer(-57.0)  # computed once
