@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import zmq
+
 from .config import ConfigError, RunConfig, load_config, write_config
 from .recording import RecordingError
+from .security import CurveError
 
 log = logging.getLogger("btomo")
 
@@ -26,10 +29,6 @@ EXIT_NOT_BUILT = 3
 
 # the issue that builds each command not built yet
 NOT_BUILT = {
-    "live": "stream ingest and the per-frame pipeline (issues 3 and 4)",
-    "replay": "stream ingest, recording and replay (issue 3)",
-    "record": "stream ingest, recording and replay (issue 3)",
-    "process": "the per-frame pipeline (issue 4)",
     "train-denoiser": "the self-supervised denoiser (issue 5)",
     "denoise": "the self-supervised denoiser (issue 5)",
     "reconstruct": "3D reconstruction (issue 7)",
@@ -106,33 +105,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
 
-    p = sub.add_parser("live", help="receive a stream and run the pipeline on it")
+    p = sub.add_parser(
+        "live", help="receive a stream and run the pipeline on it",
+        description="Connect to a stream (btomo, DECTRIS stream v1 or v2) and run the pipeline on it into a run "
+                    "directory; stops after --max-frames, --idle-timeout or Ctrl-C, flushing in every case.")
     _stream_opts(p)
-    p.add_argument("--run-dir", type=Path)
-    p.add_argument("--max-frames", type=int)
-    p.add_argument("--idle-timeout", type=float, metavar="S")
-    p.add_argument("--no-dashboard", action="store_true")
+    p.add_argument("--run-dir", type=Path, help="run directory (default runs/<UTC timestamp>)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--idle-timeout", type=float, metavar="S", help="stop after S seconds without a frame")
+    p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the live display")
     _common(p)
 
-    p = sub.add_parser("replay", help="send a recording or a stack file as a live stream")
+    p = sub.add_parser(
+        "replay", help="send a recording or a stack file as a live stream",
+        description="Bind a PUSH socket, as a detector does, and send every frame of SOURCE to the receiver that "
+                    "connects, paced by the recorded acquisition times (docs/protocol.md).")
     p.add_argument("source", type=Path, help="recording directory or stack file (MRC, TIFF, Zarr)")
     p.add_argument("--to", metavar="URL", help="address to bind (default tcp://127.0.0.1:9999)")
     _stream_opts(p, source=False)
-    p.add_argument("--rate", default="1", help="X times acquisition speed, or 'max'")
+    p.add_argument("--rate", default="1", help="X times acquisition speed (default 1), or 'max'")
+    p.add_argument("--compression", choices=["bslz4", "lz4", "none"], default="bslz4",
+                   help="image compression of the DECTRIS protocols (default bslz4, as detectors send)")
+    p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size, A/px, for stacks that do not say")
+    p.add_argument("--fps", type=float, help="frame rate, frames/s, for stacks that do not say")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
 
-    p = sub.add_parser("record", help="write a stream to disk losslessly")
-    p.add_argument("out", type=Path)
+    p = sub.add_parser(
+        "record", help="write a stream to disk losslessly",
+        description="Receive a stream and write it, losslessly and nothing else, as a btomo recording "
+                    "(docs/recording.md); stops after --max-frames, --idle-timeout or Ctrl-C, flushing in every case.")
+    p.add_argument("out", type=Path, help="new recording directory")
     _stream_opts(p)
-    p.add_argument("--max-frames", type=int)
-    p.add_argument("--idle-timeout", type=float, metavar="S")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--idle-timeout", type=float, metavar="S", help="stop after S seconds without a frame")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
 
-    p = sub.add_parser("process", help="the live pipeline, offline, on a recording or stack file")
-    p.add_argument("source", type=Path)
-    p.add_argument("--run-dir", type=Path)
-    p.add_argument("--pixel-size", type=float, metavar="A")
-    p.add_argument("--fps", type=float)
+    p = sub.add_parser(
+        "process", help="the live pipeline, offline, on a recording or stack file",
+        description="Run the pipeline on every frame of a recording or stack (MRC, TIFF, Zarr) without sockets, "
+                    "as fast as the machine allows, into a run directory.")
+    p.add_argument("source", type=Path, help="recording directory or stack file")
+    p.add_argument("--run-dir", type=Path, help="run directory (default runs/<UTC timestamp>)")
+    p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size, A/px, for stacks that do not say")
+    p.add_argument("--fps", type=float, help="frame rate, frames/s, for stacks that do not say")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
 
     p = sub.add_parser("train-denoiser", help="train the self-supervised denoiser")
@@ -265,18 +283,115 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# flags of the commands not built yet that map onto the configuration: checked already, so that
-# a bad value is reported now rather than when the stage lands
 STREAM_FLAGS = {"protocol": "stream.protocol", "source": "stream.source", "max_frames": "stream.max_frames",
-                "idle_timeout": "stream.idle_timeout_s", "to": "stream.source",
-                "pixel_size": "acquisition.pixel_size_A", "fps": "acquisition.fps"}
+                "idle_timeout": "stream.idle_timeout_s", "to": "stream.source"}
+
+
+def _open(args: argparse.Namespace, cfg: RunConfig):
+    from .sources import SourceError, open_source  # noqa: PLC0415
+
+    try:
+        return open_source(args.source, pixel_size_A=args.pixel_size, fps=args.fps,
+                           defaults=(cfg.acquisition.pixel_size_A, cfg.acquisition.fps))
+    except SourceError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _check_stack_flags(args: argparse.Namespace) -> None:
+    for name in ("pixel_size", "fps"):
+        value = getattr(args, name, None)
+        if value is not None and not 0 < value < float("inf"):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+
+
+def _parse_rate(text: str) -> float | None:
+    if text.strip().lower() == "max":
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        raise UserError(f"--rate expects a number > 0 or 'max', got {text!r}") from None
+    if not 0 < rate < float("inf"):
+        raise UserError(f"--rate expects a number > 0 or 'max', got {text!r}")
+    return rate
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import replay  # noqa: PLC0415
+
+    rate = _parse_rate(args.rate)
+    _check_stack_flags(args)
+    cfg = config_from_args(args, {k: v for k, v in STREAM_FLAGS.items() if k in ("protocol", "to")})
+    with _open(args, cfg) as source:
+        options = {}
+        if cfg.stream.protocol == "dectris1":
+            options["encoding"] = {"none": "raw"}.get(args.compression, args.compression)
+        elif cfg.stream.protocol == "dectris2":
+            options["compression"] = args.compression
+        if cfg.stream.protocol != "btomo" and source.dtype.kind != "u":
+            raise UserError(f"DECTRIS streams carry unsigned integer frames; {args.source} holds {source.dtype}")
+        result = replay(source, cfg.stream, to=cfg.stream.source, protocol=cfg.stream.protocol, rate=rate,
+                        dose_e_per_A2=cfg.acquisition.dose_e_per_A2, reporter=_reporter(args.no_progress),
+                        encoder_options=options)
+    print(f"sent {result.frames} frames ({result.bytes / 1e6:.1f} MB) in {result.seconds:.2f} s "
+          f"({result.fps:.1f} frames/s) as {cfg.stream.protocol} on {cfg.stream.source}"
+          + (f"; {result.late_frames} frames left more than a frame period late" if result.late_frames else ""))
+    return 0
+
+
+def _counter_line(c: dict) -> str:
+    drops = sum(c["frames_dropped"].values())
+    bad = sum(c["messages_malformed"].values())
+    lat = c["latency"]
+    line = (f"{c['frames_accepted']} frames accepted, {drops} dropped, {c['frame_gaps']} missing (gaps), "
+            f"{bad} malformed messages")
+    if lat.get("count"):
+        line += f"; latency p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms"
+    return line
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from .record import record  # noqa: PLC0415
+
+    cfg = config_from_args(args, STREAM_FLAGS)
+    result = record(cfg, args.out, reporter=_reporter(args.no_progress))
+    print(f"recorded {result.frames} frames ({result.bytes_written / 1e6:.1f} MB on disk) to {result.path} in "
+          f"{result.seconds:.1f} s; stopped by {result.stop_reason}; {_counter_line(result.counters)}")
+    return 0
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from .pipeline import run_live  # noqa: PLC0415
+
+    cfg = config_from_args(args, STREAM_FLAGS)
+    run_dir = args.run_dir or default_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _log_to_file(run_dir / "btomo.log")
+    summary = run_live(cfg, run_dir, reporter=_reporter(args.no_dashboard))
+    print(f"run directory: {run_dir}; {summary['frames_processed']} frames processed; stopped by "
+          f"{summary['stop_reason']}; {_counter_line(summary['ingest'])}")
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from .pipeline import run_process  # noqa: PLC0415
+
+    _check_stack_flags(args)
+    cfg = config_from_args(args, {})
+    run_dir = args.run_dir or default_run_dir()
+    with _open(args, cfg) as source:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _log_to_file(run_dir / "btomo.log")
+        summary = run_process(cfg, source, run_dir, reporter=_reporter(args.no_progress))
+    rate = summary["frames_processed"] / max(summary["wall_seconds"], 1e-9)
+    print(f"run directory: {run_dir}; {summary['frames_processed']} frames of {args.source} processed in "
+          f"{summary['wall_seconds']:.1f} s ({rate:.0f} frames/s)")
+    return 0
 
 
 def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        # a positional SOURCE that is a file (replay, process) is not a stream address
-        flags = {k: v for k, v in STREAM_FLAGS.items() if not isinstance(getattr(args, k, None), Path)}
-        config_from_args(args, flags)
+        config_from_args(args, {})
         print(f"btomo {name}: not built yet: it comes with {NOT_BUILT[name]}; nothing was done",
               file=sys.stderr)
         return EXIT_NOT_BUILT
@@ -287,6 +402,10 @@ def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "simulate": cmd_simulate,
+    "replay": cmd_replay,
+    "record": cmd_record,
+    "live": cmd_live,
+    "process": cmd_process,
     **{name: _not_built(name) for name in NOT_BUILT},
 }
 
@@ -314,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, UserError, RecordingError) as exc:
+    except (ConfigError, UserError, RecordingError, CurveError) as exc:
         print(f"btomo {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except zmq.ZMQError as exc:  # an address in use or unreachable, a socket option refused
+        print(f"btomo {args.command}: error: ZeroMQ: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:  # a missing file, no permission, a full disk: one line, no traceback
         where = f": {exc.filename}" if exc.filename else ""

@@ -54,6 +54,17 @@ def parse_shape(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def _check_address(name: str, url: str) -> None:
+    """A ZeroMQ endpoint: ``tcp://host:port``, ``ipc://path`` or ``inproc://name``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+        raise ConfigError(f"{name} must be a ZeroMQ address like tcp://127.0.0.1:9999, got {url!r}")
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not (port.isdigit() or port == "*"):
+            raise ConfigError(f"{name} must name a host and a port, like tcp://127.0.0.1:9999, got {url!r}")
+
+
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value}")
@@ -298,6 +309,34 @@ class StreamConfig:
         Stop after this many frames; 0 = no limit.
     idle_timeout_s : float
         Stop after this long without a frame, s; 0 = never.
+    bind : bool
+        The receiver binds ``source`` instead of connecting to it (for senders that connect).
+    queue_mb : int
+        Second bound of the ingest queue, MiB of frame data (whichever bound is reached first).
+    max_shape : (int, int)
+        Largest frame (rows, columns) a message may declare, px; larger ones are rejected before
+        anything is allocated for them, and ZeroMQ refuses any part larger than such a frame.
+    socket_hwm : int
+        ZeroMQ high-water mark of the receiving socket, messages (bounds what libzmq buffers).
+    side_channel : str
+        Address the latest-frame side channel binds (a conflated PUB); empty = off.
+    side_channel_hz : float
+        Most frames per second published on the side channel.
+    record_codec : {"raw", "blosc-lz4"}
+        How ``btomo record`` stores frames (both lossless; Blosc lz4 with bitshuffle is smaller).
+    record_block_frames : int
+        Frames per recording block (the unit of crash safety), at most 64 MiB per block.
+    linger_s : float
+        How long a sender waits at the end for the receiver to take the last frames, s.
+    curve_server_public_key : str
+        Path of the sender's public CURVE certificate (``zmq.auth.create_certificates``); set it
+        on the receiver to require an encrypted, authenticated stream. Empty = no CURVE.
+    curve_secret_key : str
+        Path of this side's secret CURVE certificate: the receiver's own (client) or the sender's
+        (server). Empty = no CURVE.
+    curve_authorized_dir : str
+        Sender side: directory of client public certificates allowed to connect; empty = any
+        client that knows the server key.
     """
 
     protocol: str = "btomo"
@@ -306,6 +345,18 @@ class StreamConfig:
     queue_policy: str = "block"
     max_frames: int = 0
     idle_timeout_s: float = 0.0
+    bind: bool = False
+    queue_mb: int = 2048
+    max_shape: tuple[int, int] = (8192, 8192)
+    socket_hwm: int = 64
+    side_channel: str = "tcp://127.0.0.1:9998"
+    side_channel_hz: float = 10.0
+    record_codec: str = "blosc-lz4"
+    record_block_frames: int = 64
+    linger_s: float = 60.0
+    curve_server_public_key: str = ""
+    curve_secret_key: str = ""
+    curve_authorized_dir: str = ""
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -319,8 +370,26 @@ class StreamConfig:
         if self.max_frames < 0:
             raise ConfigError(f"stream.max_frames must be >= 0, got {self.max_frames}")
         _positive("stream.idle_timeout_s", self.idle_timeout_s, allow_zero=True)
-        if "://" not in self.source:
-            raise ConfigError(f"stream.source must be a ZeroMQ address like tcp://host:port, got {self.source!r}")
+        _check_address("stream.source", self.source)
+        if self.side_channel:
+            _check_address("stream.side_channel", self.side_channel)
+            if self.side_channel == self.source:
+                raise ConfigError(f"stream.side_channel must differ from stream.source, both are {self.source!r}")
+        if self.queue_mb < 1:
+            raise ConfigError(f"stream.queue_mb must be >= 1, got {self.queue_mb}")
+        if len(self.max_shape) != 2 or min(self.max_shape) < 1:
+            raise ConfigError(f"stream.max_shape must be two sizes >= 1 px, got {self.max_shape}")
+        if self.socket_hwm < 1:
+            raise ConfigError(f"stream.socket_hwm must be >= 1, got {self.socket_hwm}")
+        _positive("stream.side_channel_hz", self.side_channel_hz)
+        _positive("stream.linger_s", self.linger_s, allow_zero=True)
+        if self.record_codec not in CODECS:
+            raise ConfigError(f"stream.record_codec must be one of {CODECS}, got {self.record_codec!r}")
+        if self.record_block_frames < 1:
+            raise ConfigError(f"stream.record_block_frames must be >= 1, got {self.record_block_frames}")
+        if self.curve_server_public_key and not self.curve_secret_key:
+            raise ConfigError("stream.curve_server_public_key needs stream.curve_secret_key (the receiver's own "
+                              "secret certificate) as well")
 
 
 @dataclass

@@ -200,8 +200,20 @@ class RecordingWriter:
             raise RecordingError(
                 f"expected a {self.shape} {self.dtype} frame, got {tuple(frame.shape)} {frame.dtype}"
             )
-        data = encode_frame(frame, self.codec)
+        if self.codec == "raw":  # no copy: the block write reads the frame's own buffer
+            data: Any = memoryview(np.ascontiguousarray(frame)).cast("B")
+        else:
+            data = encode_frame(frame, self.codec)
         self.append_encoded(data, zlib.crc32(data), frame_index=frame_index, t_ns=t_ns)
+
+    def update_meta(self, **fields: Any) -> None:
+        """Add or change fields of ``recording.json`` now (written atomically)."""
+        self._meta.update(fields)
+        self._write_meta()
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self._meta)
 
     def append_encoded(self, data: bytes, crc: int, *, frame_index: int, t_ns: int) -> None:
         """Queue a frame already encoded with this writer's codec (e.g. by a worker process)."""

@@ -16,3 +16,40 @@ def small_config(**overrides) -> RunConfig:
     }
     base.update(overrides)
     return load_config(overrides=base)
+
+
+def free_address() -> str:
+    """A tcp address on 127.0.0.1 with a port nobody listens on now."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def stream_config(**overrides) -> RunConfig:
+    """A config whose stream uses fresh local ports and stops after 1 s without frames."""
+    base = {
+        "stream.source": free_address(),
+        "stream.side_channel": free_address(),
+        "stream.idle_timeout_s": 1.0,
+    }
+    base.update(overrides)
+    return small_config(**base)
+
+
+def consume(ingest, *, delay_s: float = 0.0):
+    """Everything an :class:`~btomo.stream.ingest.Ingest` delivers until it stops, marking frames
+    processed (after ``delay_s`` each, to play a slow pipeline)."""
+    import time  # noqa: PLC0415
+
+    from btomo.stream.messages import Frame  # noqa: PLC0415
+
+    out = []
+    for rec in ingest.records():
+        if isinstance(rec, Frame):
+            if delay_s:
+                time.sleep(delay_s)
+            ingest.counters.processed(rec)
+        out.append(rec)
+    return out

@@ -1,0 +1,643 @@
+"""DECTRIS detector streams over ZeroMQ: SIMPLON stream v1 (JSON multipart) and v2 (CBOR).
+
+Both decode into the records of :mod:`.messages`, so that a DECTRIS detector (or its
+simulator) pointed at btomo just works; the encoders let ``btomo replay`` stand in for one.
+References (``docs/protocol.md``): DECTRIS ``documentation/stream_v2`` (README, ``client.py``,
+``stream2.c``), the CBOR compression tag spec, and the v1 parts as recorded from an EIGER2 and
+read by DECTRIS's and Diamond's receivers.
+
+Stream v1, part by part (a header may also arrive split over several ZeroMQ messages)::
+
+    dheader-1.0 {series, header_detail}  [+ detector config JSON]      (basic)
+                                         [+ 3 x (JSON, blob) tables]   (all)   [+ appendix]
+    dimage-1.0 {series, frame, hash} | dimage_d-1.0 {shape [x, y], type, encoding, size}
+        | blob | dconfig-1.0 {start_time, stop_time, real_time (ns)}            [+ appendix]
+    dseries_end-1.0 {series}
+
+``shape`` is [x, y] (columns, rows): reversed for NumPy. Encodings ``<`` (raw), ``lz4<`` (one
+LZ4 block, no size prefix) and ``bs8|bs16|bs32-lz4<`` (bitshuffle + LZ4 in the HDF5 filter's
+framing: 8-byte big-endian size, 4-byte big-endian block size in bytes, then per block a 4-byte
+big-endian compressed length and an LZ4 block; the last ``n % 8`` elements raw).
+
+Stream v2: one CBOR item per message (self-describe tag 55799), a map whose ``type`` is
+``start``, ``image`` or ``end``. Image data are ``40([[rows, columns], typed array])``, the typed
+array (RFC 8746 tags 64-87, 69 = uint16 LE) wrapping the bytes or a compression tag
+``56500(["bslz4" | "lz4", elem_size, bytes])`` (both in the 12-byte HDF5 framing). Times are
+rationals ``[numerator, denominator]`` in s since ``series_date``.
+
+Decompression is done with python-lz4's bounds-checked block decoder and bitshuffle's
+bit-transpose, after the framing has been checked against the declared sizes: nothing is
+allocated beyond the declared frame, and a hostile blob cannot make the decoder read or write
+out of bounds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import uuid
+import zlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from .messages import Frame, Malformed, SeriesEnd, SeriesStart, check_dtype, check_finite, check_shape, frame_from_buffer
+from .wire import parse_json
+
+__all__ = [
+    "Stream1Decoder",
+    "Stream2Decoder",
+    "Stream1Encoder",
+    "Stream2Encoder",
+    "bslz4_compress",
+    "bslz4_decompress",
+    "lz4h5_compress",
+    "lz4h5_decompress",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# codecs
+# --------------------------------------------------------------------------------------------
+_H5_HEADER = struct.Struct(">QI")
+
+
+def _default_block_elements(itemsize: int) -> int:
+    """bitshuffle's default block: 8192 bytes, a multiple of 8 elements, at least 128."""
+    return max((8192 // itemsize) // 8 * 8, 128)
+
+
+def bslz4_compress(data: np.ndarray, block_elements: int = 0) -> bytes:
+    """Bitshuffle + LZ4 with the 12-byte HDF5-filter header (DECTRIS ``bs<N>-lz4<``, v2 ``bslz4``)."""
+    import bitshuffle  # noqa: PLC0415
+
+    flat = np.ascontiguousarray(data).reshape(-1)
+    block = block_elements or _default_block_elements(flat.itemsize)
+    body = bitshuffle.compress_lz4(flat, block)
+    return _H5_HEADER.pack(flat.nbytes, block * flat.itemsize) + body.tobytes()
+
+
+def _h5_header(buf: memoryview, nbytes: int, what: str) -> int:
+    """Check the 12-byte HDF5-filter header against the expected decoded size; the block size."""
+    if buf.nbytes < _H5_HEADER.size:
+        raise Malformed("bad_compression", f"expected a 12-byte {what} header, got {buf.nbytes} bytes")
+    total, block_bytes = _H5_HEADER.unpack_from(buf)
+    if total != nbytes:
+        raise Malformed("size_mismatch", f"expected {nbytes} decoded bytes, the {what} header says {total}")
+    return block_bytes
+
+
+def _h5_blocks(buf: memoryview, sizes: list[int], out: bytearray, what: str, *, stored_raw: bool) -> int:
+    """Decode the blocks of an HDF5-framed LZ4 blob into ``out``; return the offset after them.
+
+    Each block is a 4-byte big-endian length and an LZ4 block that must decode to exactly its
+    ``sizes`` entry (``stored_raw``: a block as long as its decoded size is stored uncompressed).
+    """
+    import lz4.block  # noqa: PLC0415
+
+    pos, dst = _H5_HEADER.size, 0
+    try:
+        for size in sizes:
+            if pos + 4 > buf.nbytes:
+                raise Malformed("bad_compression", f"{what} blob ends after {dst} of {len(out)} bytes")
+            (clen,) = struct.unpack_from(">I", buf, pos)
+            pos += 4
+            if clen > buf.nbytes - pos:
+                raise Malformed("bad_compression", f"{what} block of {clen} bytes runs past the blob's end")
+            piece = buf[pos : pos + clen]
+            chunk = piece if stored_raw and clen == size else lz4.block.decompress(piece, uncompressed_size=size)
+            if len(chunk) != size:
+                raise Malformed("bad_compression", f"{what} block decoded to {len(chunk)} bytes, expected {size}")
+            out[dst : dst + size] = chunk
+            pos += clen
+            dst += size
+    except lz4.block.LZ4BlockError as exc:
+        raise Malformed("bad_compression", f"{what} block does not decode ({exc})") from None
+    return pos
+
+
+def bslz4_decompress(blob: Any, nbytes: int, itemsize: int) -> bytearray:
+    """Inverse of :func:`bslz4_compress`: ``nbytes`` decoded bytes, or :class:`Malformed`.
+
+    The framing is walked and checked first (declared size, block size, every block's length);
+    each LZ4 block is decoded with a bounds-checked decoder into its slot, then the whole buffer
+    is bit-unshuffled in one call.
+    """
+    import bitshuffle  # noqa: PLC0415
+
+    buf = memoryview(blob).cast("B")
+    block_bytes = _h5_header(buf, nbytes, "bslz4")
+    if block_bytes <= 0 or block_bytes % (8 * itemsize) or block_bytes > 1 << 24:
+        raise Malformed("bad_compression", f"expected a block size that is a multiple of {8 * itemsize} bytes, "
+                                           f"got {block_bytes}")
+    n = nbytes // itemsize
+    block = block_bytes // itemsize
+    leftover = (n % 8) * itemsize
+    sizes = [block_bytes] * (n // block)
+    last = (n % block) - (n % block) % 8
+    if last:
+        sizes.append(last * itemsize)
+    out = bytearray(nbytes)
+    pos = _h5_blocks(buf, sizes, out, "bslz4", stored_raw=False)
+    if buf.nbytes - pos != leftover:
+        raise Malformed("bad_compression", f"expected {leftover} trailing raw bytes after the bslz4 blocks, "
+                                           f"got {buf.nbytes - pos}")
+    out[nbytes - leftover :] = buf[pos:]
+    arr = np.frombuffer(out, dtype=f"u{itemsize}")
+    return bytearray(bitshuffle.bitunshuffle(arr, block).tobytes()) if n else out
+
+
+def lz4h5_compress(data: np.ndarray, block_bytes: int = 1 << 20) -> bytes:
+    """LZ4 in the HDF5 framing (DECTRIS v2 ``lz4``): header, then per block length + LZ4 block."""
+    import lz4.block  # noqa: PLC0415
+
+    raw = memoryview(np.ascontiguousarray(data)).cast("B")
+    parts = [_H5_HEADER.pack(raw.nbytes, block_bytes)]
+    for start in range(0, raw.nbytes, block_bytes):
+        piece = raw[start : start + block_bytes]
+        c = lz4.block.compress(piece, store_size=False)
+        if len(c) >= len(piece):  # incompressible: stored raw, as the HDF5 filter does
+            c = bytes(piece)
+        parts += [struct.pack(">I", len(c)), c]
+    return b"".join(parts)
+
+
+def lz4h5_decompress(blob: Any, nbytes: int) -> bytearray:
+    """Inverse of :func:`lz4h5_compress`, with the framing checked; :class:`Malformed` if bad."""
+    buf = memoryview(blob).cast("B")
+    block_bytes = _h5_header(buf, nbytes, "lz4")
+    if block_bytes <= 0:
+        raise Malformed("bad_compression", "lz4 block size 0")
+    out = bytearray(nbytes)
+    sizes = [min(block_bytes, nbytes - start) for start in range(0, nbytes, block_bytes)]
+    pos = _h5_blocks(buf, sizes, out, "lz4", stored_raw=True)
+    if pos != buf.nbytes:
+        raise Malformed("bad_compression", f"{buf.nbytes - pos} unexpected bytes after the lz4 blocks")
+    return out
+
+
+def _lz4_raw_decompress(blob: Any, nbytes: int) -> bytes:
+    import lz4.block  # noqa: PLC0415
+
+    try:
+        out = lz4.block.decompress(blob, uncompressed_size=nbytes)
+    except lz4.block.LZ4BlockError as exc:
+        raise Malformed("bad_compression", f"lz4 blob does not decode ({exc})") from None
+    if len(out) != nbytes:
+        raise Malformed("size_mismatch", f"expected {nbytes} decoded bytes, lz4 gave {len(out)}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# stream v1
+# --------------------------------------------------------------------------------------------
+_V1_TOP = ("dheader-1.0", "dimage-1.0", "dseries_end-1.0")
+_V1_HEADER_PARTS = {"none": 1, "basic": 2, "all": 8}
+
+
+def _htype(part: Any) -> str | None:
+    """The htype of a JSON part, or None for a part that is not a JSON object with one."""
+    buf = memoryview(part)
+    if buf.nbytes == 0 or buf.nbytes > 1 << 16 or bytes(buf[:1]) != b"{":
+        return None
+    try:
+        h = json.loads(buf.tobytes())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return h.get("htype") if isinstance(h, dict) and isinstance(h.get("htype"), str) else None
+
+
+def _v1_series(h: Mapping[str, Any]) -> str:
+    s = h.get("series")
+    if isinstance(s, bool) or not isinstance(s, int):
+        raise Malformed("bad_field", f"expected an integer 'series', got {s!r}")
+    return str(s)
+
+
+class Stream1Decoder:
+    """DECTRIS stream v1, read part by part.
+
+    Parts are collected into a pending group until the group its first part announces is
+    whole; a new message that starts with a top-level htype while a group is pending means the
+    pending one was short (``wrong_part_count``). Appendix parts after a whole group, in the same
+    message, are ignored.
+    """
+
+    protocol = "dectris1"
+    max_parts = 9
+
+    def __init__(self, *, max_shape: tuple[int, int]):
+        self.max_shape = max_shape
+        self._pending: list[Any] = []
+
+    def decode(self, parts: Sequence[Any]) -> list[SeriesStart | Frame | SeriesEnd | Malformed]:
+        """Records of the groups this message completes; rejections come as :class:`Malformed` items."""
+        if not parts:
+            raise Malformed("wrong_part_count", "expected at least one part, got 0")
+        out: list[SeriesStart | Frame | SeriesEnd | Malformed] = []
+        first = _htype(parts[0])
+        if self._pending and first in _V1_TOP:
+            out.append(Malformed("wrong_part_count", f"a group of parts ended after {len(self._pending)} part(s); "
+                                                     "expected more"))
+            self._pending = []
+        if not self._pending and first not in _V1_TOP:
+            out.append(Malformed("unexpected_part", "expected a dheader, dimage or dseries_end part, got "
+                                                    f"{'htype ' + repr(first) if first else 'a non-JSON part'}"))
+            return out
+        self._pending.extend(parts)
+        if len(self._pending) > self.max_parts:
+            self._pending = []
+            out.append(Malformed("too_many_parts", f"expected at most {self.max_parts} parts in a group"))
+            return out
+        try:
+            out += self._try_group()
+        except Malformed as exc:
+            self._pending = []
+            out.append(exc)
+        return out
+
+    def _needed(self, head: dict[str, Any]) -> int:
+        kind = head.get("htype")
+        if kind == "dheader-1.0":
+            detail = head.get("header_detail", "basic")
+            if detail not in _V1_HEADER_PARTS:
+                raise Malformed("bad_field", f"expected header_detail all, basic or none, got {detail!r}")
+            return _V1_HEADER_PARTS[detail]
+        return {"dimage-1.0": 4, "dseries_end-1.0": 1}[kind]
+
+    def _try_group(self) -> list[SeriesStart | Frame | SeriesEnd]:
+        head = parse_json(self._pending[0], "dheader/dimage/dseries_end part")
+        need = self._needed(head)
+        if len(self._pending) < need:
+            return []  # the rest comes in the next message(s)
+        extra = len(self._pending) - need
+        if extra > 1:
+            self._pending = []
+            raise Malformed("wrong_part_count", f"expected {need} part(s) (+1 appendix) for {head['htype']}, got "
+                                                f"{need + extra}")
+        group, self._pending = self._pending[:need], []
+        kind = head["htype"]
+        if kind == "dseries_end-1.0":
+            return [SeriesEnd(_v1_series(head))]
+        if kind == "dheader-1.0":
+            return [self._header(head, group)]
+        return [self._image(head, group)]
+
+    def _header(self, head: dict[str, Any], group: list[Any]) -> SeriesStart:
+        series = _v1_series(head)
+        config = parse_json(group[1], "detector config") if len(group) > 1 else {}
+        fps = None
+        frame_time = config.get("frame_time")
+        if isinstance(frame_time, (int, float)) and not isinstance(frame_time, bool) and frame_time > 0:
+            fps = 1.0 / frame_time
+        n = config.get("nimages")
+        ntrigger = config.get("ntrigger", 1)
+        n_frames = n * ntrigger if isinstance(n, int) and isinstance(ntrigger, int) and n >= 0 and ntrigger > 0 else None
+        shape = None
+        x, y = config.get("x_pixels_in_detector"), config.get("y_pixels_in_detector")
+        if isinstance(x, int) and isinstance(y, int) and x > 0 and y > 0 and not config.get("roi_mode"):
+            shape = (y, x)
+        keep = ("description", "detector_number", "software_version", "count_time", "frame_time", "nimages",
+                "ntrigger", "trigger_mode", "compression", "bit_depth_image", "data_collection_date")
+        meta = {"protocol": "dectris1", "header_detail": head.get("header_detail", "basic"),
+                **{k: config[k] for k in keep if k in config and isinstance(config[k], (str, int, float, bool))}}
+        return SeriesStart(series, shape, None, None, fps, None, n_frames, meta)
+
+    def _image(self, head: dict[str, Any], group: list[Any]) -> Frame:
+        series = _v1_series(head)
+        index = head.get("frame")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise Malformed("bad_field", f"expected an integer 'frame' >= 0, got {index!r}")
+        d = parse_json(group[1], "dimage_d part")
+        if d.get("htype") != "dimage_d-1.0":
+            raise Malformed("unexpected_part", f"expected a dimage_d-1.0 part, got htype {d.get('htype')!r}")
+        xy = d.get("shape")
+        if not isinstance(xy, list) or len(xy) != 2:
+            raise Malformed("bad_shape", f"expected shape [x, y], got {xy!r}")
+        shape = check_shape(xy[::-1], self.max_shape)
+        dtype = check_dtype(d.get("type"))
+        blob = group[2]
+        size = memoryview(blob).nbytes
+        if d.get("size") is not None and d.get("size") != size:
+            raise Malformed("size_mismatch", f"dimage_d says {d.get('size')} bytes, the blob has {size}")
+        data = frame_from_buffer(self._decode_blob(blob, d.get("encoding"), shape, dtype), shape, dtype)
+        check_finite(data)
+        cfg = parse_json(group[3], "dconfig part")
+        if cfg.get("htype") != "dconfig-1.0":
+            raise Malformed("unexpected_part", f"expected a dconfig-1.0 part, got htype {cfg.get('htype')!r}")
+        t = cfg.get("start_time")
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise Malformed("bad_field", f"expected an integer start_time (ns), got {t!r}")
+        return Frame(series, index, t, data, nbytes_wire=size)
+
+    @staticmethod
+    def _decode_blob(blob: Any, encoding: Any, shape: tuple[int, int], dtype: np.dtype) -> Any:
+        nbytes = shape[0] * shape[1] * dtype.itemsize
+        if encoding == "<":
+            return blob
+        if encoding == "lz4<":
+            return _lz4_raw_decompress(blob, nbytes)
+        if isinstance(encoding, str) and encoding.startswith("bs") and encoding.endswith("-lz4<"):
+            bits = encoding[2:-5]
+            if bits not in ("8", "16", "32") or int(bits) != 8 * dtype.itemsize:
+                raise Malformed("unknown_encoding", f"expected bs{8 * dtype.itemsize}-lz4< for {dtype.name}, "
+                                                    f"got {encoding!r}")
+            return bslz4_decompress(blob, nbytes, dtype.itemsize)
+        raise Malformed("unknown_encoding", f"expected encoding '<', 'lz4<' or 'bs<N>-lz4<', got {encoding!r}")
+
+
+class Stream1Encoder:
+    """Messages of DECTRIS stream v1 for one series (``btomo replay --protocol dectris1``).
+
+    Parameters
+    ----------
+    series : str
+        Series id; v1 numbers series, so a non-numeric id is mapped to a number.
+    encoding : {"bslz4", "lz4", "raw"}
+        Image encoding (``bs<N>-lz4<``, ``lz4<``, ``<``).
+    header_detail : {"basic", "none", "all"}
+    """
+
+    protocol = "dectris1"
+
+    def __init__(self, series: str, *, shape: tuple[int, int], dtype: Any, pixel_size_A: float, fps: float,
+                 n_frames: int | None = None, encoding: str = "bslz4", header_detail: str = "basic"):
+        self.series = int(series) if str(series).isdigit() else zlib.crc32(str(series).encode()) & 0x7FFFFFFF
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "u":
+            raise ValueError(f"DECTRIS streams carry unsigned integer frames, got {self.dtype}")
+        self.fps = fps
+        self.n_frames = n_frames
+        if encoding not in ("bslz4", "lz4", "raw") or header_detail not in _V1_HEADER_PARTS:
+            raise ValueError(f"expected encoding bslz4|lz4|raw and header_detail all|basic|none, "
+                             f"got {encoding!r}, {header_detail!r}")
+        self.encoding = encoding
+        self.header_detail = header_detail
+        self._t0: int | None = None
+
+    def start_messages(self) -> list[list[Any]]:
+        head = {"htype": "dheader-1.0", "series": self.series, "header_detail": self.header_detail}
+        parts: list[Any] = [json.dumps(head).encode()]
+        if self.header_detail != "none":
+            rows, cols = self.shape
+            parts.append(json.dumps({
+                "description": "btomo replay", "frame_time": 1.0 / self.fps, "count_time": 1.0 / self.fps,
+                "nimages": self.n_frames or 0, "ntrigger": 1, "trigger_mode": "ints",
+                "x_pixels_in_detector": cols, "y_pixels_in_detector": rows, "roi_mode": "",
+                "bit_depth_image": 8 * self.dtype.itemsize, "bit_depth_readout": 8 * self.dtype.itemsize,
+                "compression": {"bslz4": "bslz4", "lz4": "lz4", "raw": "none"}[self.encoding],
+                "data_collection_date": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                "software_version": "btomo",
+            }).encode())
+        if self.header_detail == "all":
+            rows, cols = self.shape
+            for htype, table in (("dflatfield-1.0", np.ones(self.shape, "<f4")),
+                                 ("dpixelmask-1.0", np.zeros(self.shape, "<u4")),
+                                 ("dcountrate_table-1.0", np.zeros((2, 1000), "<f4"))):
+                parts += [json.dumps({"htype": htype, "shape": list(table.shape[::-1]), "type": table.dtype.name}).encode(),
+                          table.tobytes()]
+        return [parts]
+
+    def frame_messages(self, index: int, t_ns: int, data: np.ndarray) -> list[list[Any]]:
+        data = np.ascontiguousarray(data, dtype=self.dtype.newbyteorder("<"))
+        if self._t0 is None:
+            self._t0 = int(t_ns)
+        if self.encoding == "bslz4":
+            blob: Any = bslz4_compress(data)
+            enc = f"bs{8 * self.dtype.itemsize}-lz4<"
+        elif self.encoding == "lz4":
+            import lz4.block  # noqa: PLC0415
+
+            blob, enc = lz4.block.compress(data, store_size=False), "lz4<"
+        else:
+            blob, enc = data, "<"
+        size = memoryview(blob).nbytes
+        start = int(t_ns) - self._t0
+        exposure = round(1e9 / self.fps)
+        return [[
+            json.dumps({"htype": "dimage-1.0", "series": self.series, "frame": int(index),
+                        "hash": hashlib.md5(memoryview(blob).cast("B")).hexdigest()}).encode(),
+            json.dumps({"htype": "dimage_d-1.0", "shape": [data.shape[1], data.shape[0]], "type": self.dtype.name,
+                        "encoding": enc, "size": size}).encode(),
+            blob,
+            json.dumps({"htype": "dconfig-1.0", "start_time": start, "stop_time": start + exposure,
+                        "real_time": exposure}).encode(),
+        ]]
+
+    def end_messages(self, n_frames: int) -> list[list[Any]]:
+        return [[json.dumps({"htype": "dseries_end-1.0", "series": self.series}).encode()]]
+
+
+# --------------------------------------------------------------------------------------------
+# stream v2 (CBOR)
+# --------------------------------------------------------------------------------------------
+# RFC 8746 typed arrays, little-endian and single-byte ones (what DECTRIS sends)
+_TYPED = {64: "u1", 68: "u1", 69: "<u2", 70: "<u4", 72: "i1", 77: "<i2", 78: "<i4", 85: "<f4", 86: "<f8"}
+_TYPED_TAG = {np.dtype(v).str: k for k, v in _TYPED.items() if k != 64}
+
+
+def _tag(obj: Any, number: int, what: str) -> Any:
+    import cbor2  # noqa: PLC0415
+
+    if not isinstance(obj, cbor2.CBORTag) or obj.tag != number:
+        raise Malformed("bad_field", f"expected CBOR tag {number} ({what}), got {type(obj).__name__}"
+                                     f"{' ' + str(obj.tag) if isinstance(obj, cbor2.CBORTag) else ''}")
+    return obj.value
+
+
+def _rational_ns(value: Any, key: str) -> int:
+    if (not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value) or value[1] <= 0):
+        raise Malformed("bad_field", f"expected {key} as a rational [numerator, denominator > 0], got {value!r}")
+    return value[0] * 1_000_000_000 // value[1]
+
+
+class Stream2Decoder:
+    """DECTRIS stream v2: one CBOR message -> records."""
+
+    protocol = "dectris2"
+    max_parts = 1
+
+    def __init__(self, *, max_shape: tuple[int, int]):
+        self.max_shape = max_shape
+
+    def decode(self, parts: Sequence[Any]) -> list[SeriesStart | Frame | SeriesEnd]:
+        import cbor2  # noqa: PLC0415
+
+        if len(parts) != 1:
+            raise Malformed("wrong_part_count", f"expected 1 part (one CBOR item), got {len(parts)}")
+        buf = memoryview(parts[0])
+        max_bytes = self.max_shape[0] * self.max_shape[1] * 8 + (1 << 20)
+        if buf.nbytes > max_bytes:
+            raise Malformed("shape_too_large", f"expected a message of at most {max_bytes} bytes, got {buf.nbytes}")
+        try:
+            msg = cbor2.loads(buf)
+        except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise Malformed("bad_cbor", f"expected one CBOR item: {exc}") from None
+        if isinstance(msg, cbor2.CBORTag) and msg.tag == 55799:  # older cbor2 keeps the tag
+            msg = msg.value
+        if not isinstance(msg, Mapping):
+            raise Malformed("bad_cbor", f"expected a CBOR map, got {type(msg).__name__}")
+        kind = msg.get("type")
+        series = msg.get("series_unique_id")
+        if not isinstance(series, str) or not series:
+            sid = msg.get("series_id")
+            if isinstance(sid, bool) or not isinstance(sid, int):
+                raise Malformed("bad_field", f"expected series_unique_id or series_id, got {series!r}, {sid!r}")
+            series = str(sid)
+        if kind == "start":
+            return [self._start(msg, series)]
+        if kind == "image":
+            return [self._image(msg, series)]
+        if kind == "end":
+            return [SeriesEnd(series)]
+        raise Malformed("unknown_type", f"expected type start, image or end, got {kind!r}")
+
+    def _start(self, msg: Mapping[str, Any], series: str) -> SeriesStart:
+        x, y = msg.get("image_size_x"), msg.get("image_size_y")
+        shape = check_shape([y, x], self.max_shape) if isinstance(x, int) and isinstance(y, int) else None
+        dtype = None
+        if isinstance(msg.get("image_dtype"), str):
+            dtype = check_dtype(msg["image_dtype"])
+        ft = msg.get("frame_time")
+        fps = 1.0 / ft if isinstance(ft, (int, float)) and not isinstance(ft, bool) and ft > 0 else None
+        n = msg.get("number_of_images")
+        keep = ("series_id", "detector_description", "detector_serial_number", "count_time", "frame_time",
+                "number_of_images", "incident_energy", "saturation_value")
+        meta = {"protocol": "dectris2",
+                **{k: msg[k] for k in keep if isinstance(msg.get(k), (str, int, float)) and not isinstance(msg.get(k), bool)}}
+        if isinstance(msg.get("arm_date"), datetime):
+            meta["arm_date"] = msg["arm_date"].isoformat()
+        return SeriesStart(series, shape, dtype, None, fps, None, n if isinstance(n, int) and n >= 0 else None, meta)
+
+    def _image(self, msg: Mapping[str, Any], series: str) -> Frame:
+        index = msg.get("image_id")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise Malformed("bad_field", f"expected an integer image_id >= 0, got {index!r}")
+        t_ns = _rational_ns(msg.get("start_time"), "start_time")
+        channels = msg.get("data")
+        if not isinstance(channels, Mapping) or not channels:
+            raise Malformed("bad_field", "expected 'data' as a map of channels to images")
+        value = next(iter(channels.values()))  # the first threshold channel
+        dims, typed = self._md_array(value)
+        shape = check_shape(list(dims), self.max_shape)
+        tag_number, inner = self._typed(typed)
+        dtype = np.dtype(_TYPED[tag_number])
+        nbytes = shape[0] * shape[1] * dtype.itemsize
+        wire = nbytes
+        import cbor2  # noqa: PLC0415
+
+        if isinstance(inner, cbor2.CBORTag):
+            algorithm, elem_size, blob = self._compression(inner)
+            wire = len(blob)
+            if algorithm == "bslz4":
+                if elem_size != dtype.itemsize:
+                    raise Malformed("bad_compression", f"expected elem_size {dtype.itemsize} for {dtype.name}, "
+                                                       f"got {elem_size}")
+                inner = bslz4_decompress(blob, nbytes, dtype.itemsize)
+            elif algorithm == "lz4":
+                inner = lz4h5_decompress(blob, nbytes)
+            else:
+                raise Malformed("unknown_encoding", f"expected compression bslz4 or lz4, got {algorithm!r}")
+        elif not isinstance(inner, (bytes, bytearray)):
+            raise Malformed("bad_field", f"expected the image bytes, got {type(inner).__name__}")
+        data = frame_from_buffer(inner, shape, dtype)
+        check_finite(data)
+        return Frame(series, index, t_ns, data, nbytes_wire=wire)
+
+    @staticmethod
+    def _md_array(value: Any) -> tuple[Sequence[int], Any]:
+        body = _tag(value, 40, "multi-dimensional array, row major")
+        if not isinstance(body, Sequence) or len(body) != 2 or not isinstance(body[0], Sequence):
+            raise Malformed("bad_field", "expected tag 40 to hold [[rows, columns], typed array]")
+        return body[0], body[1]
+
+    @staticmethod
+    def _typed(typed: Any) -> tuple[int, Any]:
+        import cbor2  # noqa: PLC0415
+
+        if not isinstance(typed, cbor2.CBORTag) or typed.tag not in _TYPED:
+            raise Malformed("unknown_dtype", f"expected a typed-array tag in {sorted(_TYPED)}, got "
+                                             f"{typed.tag if isinstance(typed, cbor2.CBORTag) else type(typed).__name__}")
+        return typed.tag, typed.value
+
+    @staticmethod
+    def _compression(tag: Any) -> tuple[str, int, bytes]:
+        body = _tag(tag, 56500, "DECTRIS compression")
+        if (not isinstance(body, Sequence) or len(body) != 3 or not isinstance(body[0], str)
+                or not isinstance(body[1], int) or not isinstance(body[2], (bytes, bytearray))):
+            raise Malformed("bad_compression", "expected tag 56500 to hold [algorithm, elem_size, bytes]")
+        return body[0], body[1], body[2]
+
+
+class Stream2Encoder:
+    """Messages of DECTRIS stream v2 (CBOR) for one series.
+
+    Parameters
+    ----------
+    compression : {"bslz4", "lz4", "none"}
+    """
+
+    protocol = "dectris2"
+
+    def __init__(self, series: str, *, shape: tuple[int, int], dtype: Any, pixel_size_A: float, fps: float,
+                 n_frames: int | None = None, compression: str = "bslz4"):
+        self.series_id = int(series) if str(series).isdigit() else zlib.crc32(str(series).encode()) & 0x7FFFFFFF
+        self.unique = f"btomo-{series}-{uuid.uuid4().hex[:12]}"
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        if self.dtype.str not in _TYPED_TAG:
+            raise ValueError(f"no CBOR typed-array tag for {self.dtype}")
+        if compression not in ("bslz4", "lz4", "none"):
+            raise ValueError(f"expected compression bslz4, lz4 or none, got {compression!r}")
+        self.fps = fps
+        self.n_frames = n_frames
+        self.compression = compression
+        self.date = datetime.now(timezone.utc)
+        self._t0: int | None = None
+
+    def _dumps(self, obj: dict[str, Any]) -> bytes:
+        import cbor2  # noqa: PLC0415
+
+        return cbor2.dumps(cbor2.CBORTag(55799, obj))
+
+    def start_messages(self) -> list[list[Any]]:
+        import cbor2  # noqa: PLC0415
+
+        rows, cols = self.shape
+        return [[self._dumps({
+            "type": "start", "series_id": self.series_id, "series_unique_id": self.unique,
+            "arm_date": cbor2.CBORTag(0, self.date.isoformat()), "channels": ["threshold_1"],
+            "count_time": 1.0 / self.fps, "frame_time": 1.0 / self.fps, "detector_description": "btomo replay",
+            "image_size_x": cols, "image_size_y": rows, "image_dtype": self.dtype.name,
+            "number_of_images": self.n_frames or 0,
+        })]]
+
+    def frame_messages(self, index: int, t_ns: int, data: np.ndarray) -> list[list[Any]]:
+        import cbor2  # noqa: PLC0415
+
+        data = np.ascontiguousarray(data, dtype=self.dtype)
+        if self._t0 is None:
+            self._t0 = int(t_ns)
+        if self.compression == "bslz4":
+            payload: Any = cbor2.CBORTag(56500, ["bslz4", data.itemsize, bslz4_compress(data)])
+        elif self.compression == "lz4":
+            payload = cbor2.CBORTag(56500, ["lz4", 0, lz4h5_compress(data)])
+        else:
+            payload = data.tobytes()
+        start = int(t_ns) - self._t0
+        exposure = round(1e9 / self.fps)
+        return [[self._dumps({
+            "type": "image", "series_id": self.series_id, "series_unique_id": self.unique, "image_id": int(index),
+            "series_date": cbor2.CBORTag(0, self.date.isoformat()),
+            "start_time": [start, 1_000_000_000], "stop_time": [start + exposure, 1_000_000_000],
+            "real_time": [exposure, 1_000_000_000],
+            "data": {"threshold_1": cbor2.CBORTag(40, [list(data.shape),
+                                                       cbor2.CBORTag(_TYPED_TAG[self.dtype.str], payload)])},
+        })]]
+
+    def end_messages(self, n_frames: int) -> list[list[Any]]:
+        return [[self._dumps({"type": "end", "series_id": self.series_id, "series_unique_id": self.unique})]]

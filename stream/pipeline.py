@@ -1,0 +1,204 @@
+"""The pipeline runner behind ``btomo live`` and ``btomo process``.
+
+``live`` takes frames from the ingest queue (:mod:`.ingest`), ``process`` reads them from a
+recording or stack (:mod:`.sources`) without sockets; both hand the same
+:class:`~btomo.stream.messages.Frame` records to the same :class:`Pipeline`, so the same frames
+give the same results. A pipeline is a list of stages (house style: small classes with
+``prepare(series)``, ``process(frame)`` and ``finish()``), run in order on every frame.
+
+The per-frame stages (tracking, lattice score, windows, ...) come with the following issues;
+until then the pipeline counts frames and measures latency, and ``summary.json`` says which
+stages ran.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import RunConfig, write_config
+from .messages import Frame, SeriesEnd, SeriesStart
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Stage", "Pipeline", "run_live", "run_process", "versions"]
+
+
+class Stage(Protocol):
+    """One step of the per-frame pipeline."""
+
+    name: str
+
+    def prepare(self, series: SeriesStart) -> None: ...
+    def process(self, frame: Frame) -> None: ...
+    def finish(self) -> dict[str, Any]: ...
+
+
+def versions() -> dict[str, str]:
+    """Versions of btomo and the libraries a result depends on (for ``summary.json``)."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    out = {"python": platform.python_version()}
+    for pkg in ("btomo", "numpy", "scipy", "pyzmq", "zarr", "numcodecs", "torch", "dask", "mrcfile", "tifffile"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+class Pipeline:
+    """Run ``stages`` on every frame; count what went through.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    stages : sequence of Stage
+    """
+
+    def __init__(self, cfg: RunConfig, stages: tuple[Stage, ...] = ()):
+        self.cfg = cfg
+        self.stages = list(stages)
+        self.frames = 0
+        self.series: list[str] = []
+
+    def series_start(self, ev: SeriesStart) -> None:
+        self.series.append(ev.series)
+        for stage in self.stages:
+            stage.prepare(ev)
+
+    def process(self, frame: Frame) -> None:
+        if not self.series or self.series[-1] != frame.series:
+            self.series_start(SeriesStart(frame.series, tuple(frame.data.shape), frame.data.dtype,
+                                          frame.pixel_size_A))
+        for stage in self.stages:
+            stage.process(frame)
+        self.frames += 1
+
+    def finish(self) -> dict[str, Any]:
+        return {stage.name: stage.finish() for stage in self.stages}
+
+
+def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: Pipeline, seconds: float,
+             stop_reason: str, extra: dict[str, Any]) -> dict[str, Any]:
+    built = [s.name for s in pipeline.stages]
+    summary = {
+        "frames_received": counters.get("frames_received", pipeline.frames),
+        "frames_processed": pipeline.frames,
+        "frames_dropped": counters.get("frames_dropped", {}),
+        "frame_gaps": counters.get("frame_gaps", 0),
+        "messages_malformed": counters.get("messages_malformed", {}),
+        # filled by the stages that compute them; null while those stages are not built
+        "lattice_frames": None,
+        "windows_closed": None,
+        "reconstructions_done": None,
+        "wall_seconds": seconds,
+        "stop_reason": stop_reason,
+        "series": pipeline.series,
+        "stages": built,
+        "stage_results": pipeline.finish(),
+        "ingest": counters,
+        "versions": versions(),
+        **extra,
+    }
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
+    tmp.replace(run_dir / "summary.json")
+    return summary
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _announce(pipeline: Pipeline) -> None:
+    if not pipeline.stages:
+        log.warning("per-frame analysis (tracking, lattice score, windows) is not built yet (issue 4): frames are "
+                    "received, checked and counted only; no frames.csv is written")
+
+
+def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: Any = None,
+             stages: tuple[Stage, ...] = ()) -> dict[str, Any]:
+    """Receive ``cfg.stream`` and run the pipeline on it until a stop; write ``summary.json``."""
+    from .ingest import Ingest  # noqa: PLC0415
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run_dir)
+    pipeline = Pipeline(cfg, stages)
+    _announce(pipeline)
+    ingest = Ingest(cfg, context=context)
+    t0 = time.perf_counter()
+    if reporter is not None:
+        reporter.start(cfg.stream.max_frames or 0, "live")
+
+    def consume_all() -> None:
+        for rec in ingest.records():
+            if isinstance(rec, Frame):
+                pipeline.process(rec)
+                ingest.counters.processed(rec)
+                if reporter is not None:
+                    reporter.update(1)
+            elif isinstance(rec, SeriesStart):
+                pipeline.series_start(rec)
+            elif isinstance(rec, SeriesEnd):
+                pass
+
+    ingest.start()
+    try:
+        try:
+            consume_all()
+        except KeyboardInterrupt:
+            ingest.stop("interrupted")
+            consume_all()  # every accepted frame goes through the pipeline
+            raise
+    finally:
+        if reporter is not None:
+            reporter.end()
+        ingest.close()
+        summary = _summary(run_dir, cfg, ingest.counters.snapshot(), pipeline, time.perf_counter() - t0,
+                           ingest.receiver.stop_reason or "interrupted", {"source": cfg.stream.source,
+                                                                          "protocol": cfg.stream.protocol})
+    if ingest.receiver.error is not None:
+        raise ingest.receiver.error
+    return summary
+
+
+def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = None,
+                stages: tuple[Stage, ...] = ()) -> dict[str, Any]:
+    """Run the pipeline on every frame of a :class:`~btomo.stream.sources.FrameSource`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.acquisition.pixel_size_A = source.pixel_size_A
+    cfg.acquisition.fps = source.fps
+    write_config(cfg, run_dir)
+    pipeline = Pipeline(cfg, stages)
+    _announce(pipeline)
+    t0 = time.perf_counter()
+    pipeline.series_start(SeriesStart(source.series, source.shape, source.dtype, source.pixel_size_A, source.fps,
+                                      cfg.acquisition.dose_e_per_A2, len(source)))
+    if reporter is not None:
+        reporter.start(len(source), f"process {source.path.name}")
+    stop_reason = "end of source"
+    try:
+        for index, t_ns, data in source:
+            pipeline.process(Frame(source.series, index, t_ns, data, pixel_size_A=source.pixel_size_A,
+                                   dose_e_per_A2=cfg.acquisition.dose_e_per_A2))
+            if reporter is not None:
+                reporter.update(1)
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+        raise
+    finally:
+        if reporter is not None:
+            reporter.end()
+        summary = _summary(run_dir, cfg, {}, pipeline, time.perf_counter() - t0, stop_reason,
+                           {"source": str(source.path), "source_kind": source.kind})
+    return summary
