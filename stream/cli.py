@@ -260,12 +260,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"btomo demo: simulating {args.seconds:g} s of a GLC TEM session "
         f"({cfg.simulate.frames} frames of {cfg.acquisition.shape[0]}x{cfg.acquisition.shape[1]} at "
         f"{cfg.acquisition.fps:g} frames/s)\n"
-        "Built so far: the synthetic microscope with ground truth. Ingest, per-frame analysis, "
-        "windows, reconstruction and analysis come with the next issues.",
+        "Built so far: the synthetic microscope with ground truth, and the stream edge (replay over ZeroMQ "
+        "into the ingest queue and the pipeline runner). Per-frame analysis, denoising, windows, reconstruction "
+        "and analysis come with the next issues.",
         title="btomo"))
     t0 = time.perf_counter()
     result = simulate(cfg, run_dir / "recording", reporter=_reporter(args.no_dashboard))
-    table = Table(title="what the simulator made")
+    stream = _demo_stream(cfg, result.path, run_dir, quiet=args.no_dashboard)
+    table = Table(title="what the simulator made, and how it streamed")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_row("frames", f"{result.frames} ({result.shape[0]}x{result.shape[1]} uint16)")
@@ -277,10 +279,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       f"({result.etch_events[p]} etched)")
         table.add_row(f"particle {p}: lattice-visible frames", f"{100 * result.lattice_visible_fraction[p]:.1f} %")
     table.add_row("recording on disk", f"{result.bytes_written / 1e6:.1f} MB")
+    ing = stream["ingest"]
+    lat = ing["latency"]
+    table.add_row("streamed over ZeroMQ (btomo protocol)",
+                  f"{ing['frames_accepted']}/{result.frames} frames accepted, {sum(ing['frames_dropped'].values())} "
+                  f"dropped, {ing['frame_gaps']} missing")
+    if lat.get("count"):
+        table.add_row("latency, acquisition -> pipeline", f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")
     table.add_row("time taken", f"{time.perf_counter() - t0:.1f} s ({result.fps:.0f} frames/s)")
     console.print(table)
     console.print(f"run directory: [bold]{run_dir}[/]  (recording: {result.path}, truth: {result.path / 'truth'})")
     return 0
+
+
+def _free_tcp_address() -> str:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _demo_stream(cfg: RunConfig, recording: Path, run_dir: Path, *, quiet: bool) -> dict:
+    """Replay the demo's recording over ZeroMQ (ports of its own) into the live pipeline."""
+    from .pipeline import run_live  # noqa: PLC0415
+    from .replay import replay  # noqa: PLC0415
+    from .sources import open_source  # noqa: PLC0415
+
+    cfg.stream.source = _free_tcp_address()
+    cfg.stream.side_channel = _free_tcp_address()
+    source = open_source(recording)
+    cfg.stream.max_frames = len(source)
+    cfg.stream.idle_timeout_s = 30.0
+    failure: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            replay(source, cfg.stream, to=cfg.stream.source, rate=None)
+        except BaseException as exc:  # reported below; the live side then stops on its idle timeout
+            failure.append(exc)
+        finally:
+            source.close()
+
+    sender = threading.Thread(target=send, name="btomo-demo-replay", daemon=True)
+    sender.start()
+    summary = run_live(cfg, run_dir, reporter=_reporter(quiet))
+    sender.join(30)
+    if failure:
+        raise failure[0]
+    return summary
 
 
 STREAM_FLAGS = {"protocol": "stream.protocol", "source": "stream.source", "max_frames": "stream.max_frames",

@@ -138,7 +138,7 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
     ingest = Ingest(cfg, context=context)
     t0 = time.perf_counter()
     if reporter is not None:
-        reporter.start(cfg.stream.max_frames or 0, "live")
+        reporter.start(cfg.stream.max_frames or None, "live")
 
     def consume_all() -> None:
         for rec in ingest.records():

@@ -49,11 +49,11 @@ class LogReporter:
         if now - self._last >= self.every_s:
             self._last = now
             rate = self.done / max(now - self.t0, 1e-9)
-            self.log.info("%s: %d/%d (%.1f/s)", self.desc, self.done, self.total, rate)
+            self.log.info("%s: %d/%s (%.1f/s)", self.desc, self.done, self.total or "?", rate)
 
     def end(self) -> None:
         dt = time.monotonic() - self.t0
-        self.log.info("%s: %d/%d done in %.1f s", self.desc, self.done, self.total, dt)
+        self.log.info("%s: %d/%s done in %.1f s", self.desc, self.done, self.total or "?", dt)
 
 
 class RichReporter:
@@ -71,7 +71,7 @@ class RichReporter:
             TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
         )
 
-    def start(self, total: int, description: str) -> None:
+    def start(self, total: int | None, description: str) -> None:
         self._t0 = time.monotonic()
         self._done = 0
         self._progress.start()

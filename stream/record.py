@@ -146,7 +146,7 @@ def record(cfg: RunConfig, out: str | Path, *, reporter: Any = None, context: zm
     ingest = Ingest(cfg, context=context)
     t0 = time.perf_counter()
     if reporter is not None:
-        reporter.start(cfg.stream.max_frames or 0, f"record {out.name}")
+        reporter.start(cfg.stream.max_frames or None, f"record {out.name}")
 
     def consume_all() -> None:
         for rec in ingest.records():

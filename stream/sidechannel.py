@@ -31,12 +31,16 @@ __all__ = ["MAGIC", "LatestFramePublisher", "LatestFrameSubscriber", "encode_lat
 MAGIC = b"BTOMOLF1"
 
 
-def encode_latest(frame: Any) -> bytes:
+def encode_latest(frame: Any) -> bytearray:
     """One side-channel message for a :class:`~btomo.stream.messages.Frame`."""
     header = json.dumps({"series": frame.series, "frame": frame.frame, "t_ns": frame.t_ns,
                          "shape": list(frame.data.shape), "dtype": frame.data.dtype.str,
                          "published_ns": time.time_ns()}).encode()
-    return b"".join((MAGIC, struct.pack("<I", len(header)), header, np.ascontiguousarray(frame.data).tobytes()))
+    head = MAGIC + struct.pack("<I", len(header)) + header
+    msg = bytearray(len(head) + frame.data.nbytes)  # one copy of the frame, no more
+    msg[: len(head)] = head
+    np.copyto(np.frombuffer(msg, dtype=frame.data.dtype, offset=len(head)).reshape(frame.data.shape), frame.data)
+    return msg
 
 
 def decode_latest(msg: bytes) -> tuple[dict[str, Any], np.ndarray]:
@@ -101,7 +105,7 @@ class LatestFramePublisher:
                     continue
                 last = frame
                 try:
-                    sock.send(encode_latest(frame), zmq.NOBLOCK)
+                    sock.send(encode_latest(frame), zmq.NOBLOCK, copy=False)
                     self.published += 1
                 except zmq.Again:
                     pass
