@@ -404,7 +404,12 @@ def cmd_record(args: argparse.Namespace) -> int:
     result = record(cfg, args.out, reporter=_reporter(args.no_progress))
     print(f"recorded {result.frames} frames ({result.bytes_written / 1e6:.1f} MB on disk) to {result.path} in "
           f"{result.seconds:.1f} s; stopped by {result.stop_reason}; {_counter_line(result.counters)}")
-    return 0
+    return _interrupted("record") if result.stop_reason == "interrupted" else 0
+
+
+def _interrupted(command: str) -> int:
+    print(f"btomo {command}: interrupted; what was written so far is kept", file=sys.stderr)
+    return 130
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -417,7 +422,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     summary = run_live(cfg, run_dir, reporter=_reporter(args.no_dashboard))
     print(f"run directory: {run_dir}; {summary['frames_processed']} frames processed; stopped by "
           f"{summary['stop_reason']}; {_counter_line(summary['ingest'])}")
-    return 0
+    return _interrupted("live") if summary["stop_reason"] == "interrupted" else 0
 
 
 def cmd_process(args: argparse.Namespace) -> int:
@@ -491,8 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"btomo {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"btomo {args.command}: interrupted; what was written so far is kept", file=sys.stderr)
-        return 130
+        return _interrupted(args.command)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from .messages import Frame, Malformed, SeriesEnd, SeriesStart, check_dtype, check_finite, check_shape, frame_from_buffer
+from .messages import Frame, Malformed, SeriesEnd, SeriesStart, show
+from .messages import check_dtype, check_finite, check_int, check_shape, frame_from_buffer
 from .wire import parse_json
 
 __all__ = [
@@ -79,29 +80,46 @@ def bslz4_compress(data: np.ndarray, block_elements: int = 0) -> bytes:
     return _H5_HEADER.pack(flat.nbytes, block * flat.itemsize) + body.tobytes()
 
 
+_MIN_BLOCK_BYTES = 64  # DECTRIS's own tests use 64-byte blocks; detectors send 8192
+_MAX_BLOCK_BYTES = 1 << 24
+
+
 def _h5_header(buf: memoryview, nbytes: int, what: str) -> int:
-    """Check the 12-byte HDF5-filter header against the expected decoded size; the block size."""
+    """Check the 12-byte HDF5-filter header against the expected decoded size; the block size.
+
+    The work a blob can ask for is bounded by its own size: every block costs at least 4 bytes of
+    the blob, and a block is at least 64 bytes, so nothing is allocated or looped over for
+    blocks the blob cannot hold.
+    """
     if buf.nbytes < _H5_HEADER.size:
         raise Malformed("bad_compression", f"expected a 12-byte {what} header, got {buf.nbytes} bytes")
     total, block_bytes = _H5_HEADER.unpack_from(buf)
     if total != nbytes:
         raise Malformed("size_mismatch", f"expected {nbytes} decoded bytes, the {what} header says {total}")
+    if not _MIN_BLOCK_BYTES <= block_bytes <= _MAX_BLOCK_BYTES:
+        raise Malformed("bad_compression", f"expected a {what} block size of {_MIN_BLOCK_BYTES} bytes to 16 MiB, "
+                                           f"got {block_bytes}")
+    if -(-nbytes // block_bytes) * 4 > buf.nbytes - _H5_HEADER.size:
+        raise Malformed("bad_compression", f"a {what} blob of {buf.nbytes} bytes cannot hold the "
+                                           f"{-(-nbytes // block_bytes)} blocks its header announces")
     return block_bytes
 
 
-def _h5_blocks(buf: memoryview, sizes: list[int], out: bytearray, what: str, *, stored_raw: bool) -> int:
-    """Decode the blocks of an HDF5-framed LZ4 blob into ``out``; return the offset after them.
+def _h5_blocks(buf: memoryview, block_bytes: int, span: int, out: bytearray, what: str, *, stored_raw: bool) -> int:
+    """Decode the blocks covering ``out[:span]`` of an HDF5-framed LZ4 blob; the offset after them.
 
-    Each block is a 4-byte big-endian length and an LZ4 block that must decode to exactly its
-    ``sizes`` entry (``stored_raw``: a block as long as its decoded size is stored uncompressed).
+    Each block is a 4-byte big-endian length and an LZ4 block that decodes to ``block_bytes``
+    (the last one to the rest); ``stored_raw``: a block as long as its decoded size is stored
+    uncompressed (the HDF5 LZ4 filter's convention).
     """
     import lz4.block  # noqa: PLC0415
 
-    pos, dst = _H5_HEADER.size, 0
+    pos = _H5_HEADER.size
     try:
-        for size in sizes:
+        for dst in range(0, span, block_bytes):
+            size = min(block_bytes, span - dst)
             if pos + 4 > buf.nbytes:
-                raise Malformed("bad_compression", f"{what} blob ends after {dst} of {len(out)} bytes")
+                raise Malformed("bad_compression", f"{what} blob ends after {dst} of {span} bytes")
             (clen,) = struct.unpack_from(">I", buf, pos)
             pos += 4
             if clen > buf.nbytes - pos:
@@ -112,7 +130,6 @@ def _h5_blocks(buf: memoryview, sizes: list[int], out: bytearray, what: str, *, 
                 raise Malformed("bad_compression", f"{what} block decoded to {len(chunk)} bytes, expected {size}")
             out[dst : dst + size] = chunk
             pos += clen
-            dst += size
     except lz4.block.LZ4BlockError as exc:
         raise Malformed("bad_compression", f"{what} block does not decode ({exc})") from None
     return pos
@@ -121,32 +138,27 @@ def _h5_blocks(buf: memoryview, sizes: list[int], out: bytearray, what: str, *, 
 def bslz4_decompress(blob: Any, nbytes: int, itemsize: int) -> bytearray:
     """Inverse of :func:`bslz4_compress`: ``nbytes`` decoded bytes, or :class:`Malformed`.
 
-    The framing is walked and checked first (declared size, block size, every block's length);
-    each LZ4 block is decoded with a bounds-checked decoder into its slot, then the whole buffer
-    is bit-unshuffled in one call.
+    The framing is checked first (declared size, block size, room for the blocks); each LZ4
+    block is decoded with a bounds-checked decoder into its slot, then the whole buffer is
+    bit-unshuffled in one call (bitshuffle's own LZ4 path does not bounds-check hostile input).
     """
     import bitshuffle  # noqa: PLC0415
 
     buf = memoryview(blob).cast("B")
     block_bytes = _h5_header(buf, nbytes, "bslz4")
-    if block_bytes <= 0 or block_bytes % (8 * itemsize) or block_bytes > 1 << 24:
+    if block_bytes % (8 * itemsize):
         raise Malformed("bad_compression", f"expected a block size that is a multiple of {8 * itemsize} bytes, "
                                            f"got {block_bytes}")
     n = nbytes // itemsize
-    block = block_bytes // itemsize
-    leftover = (n % 8) * itemsize
-    sizes = [block_bytes] * (n // block)
-    last = (n % block) - (n % block) % 8
-    if last:
-        sizes.append(last * itemsize)
+    leftover = (n % 8) * itemsize  # the last n % 8 elements are stored raw after the blocks
     out = bytearray(nbytes)
-    pos = _h5_blocks(buf, sizes, out, "bslz4", stored_raw=False)
+    pos = _h5_blocks(buf, block_bytes, nbytes - leftover, out, "bslz4", stored_raw=False)
     if buf.nbytes - pos != leftover:
         raise Malformed("bad_compression", f"expected {leftover} trailing raw bytes after the bslz4 blocks, "
                                            f"got {buf.nbytes - pos}")
     out[nbytes - leftover :] = buf[pos:]
     arr = np.frombuffer(out, dtype=f"u{itemsize}")
-    return bytearray(bitshuffle.bitunshuffle(arr, block).tobytes()) if n else out
+    return bytearray(bitshuffle.bitunshuffle(arr, block_bytes // itemsize).tobytes()) if n else out
 
 
 def lz4h5_compress(data: np.ndarray, block_bytes: int = 1 << 20) -> bytes:
@@ -168,11 +180,8 @@ def lz4h5_decompress(blob: Any, nbytes: int) -> bytearray:
     """Inverse of :func:`lz4h5_compress`, with the framing checked; :class:`Malformed` if bad."""
     buf = memoryview(blob).cast("B")
     block_bytes = _h5_header(buf, nbytes, "lz4")
-    if block_bytes <= 0:
-        raise Malformed("bad_compression", "lz4 block size 0")
     out = bytearray(nbytes)
-    sizes = [min(block_bytes, nbytes - start) for start in range(0, nbytes, block_bytes)]
-    pos = _h5_blocks(buf, sizes, out, "lz4", stored_raw=True)
+    pos = _h5_blocks(buf, block_bytes, nbytes, out, "lz4", stored_raw=True)
     if pos != buf.nbytes:
         raise Malformed("bad_compression", f"{buf.nbytes - pos} unexpected bytes after the lz4 blocks")
     return out
@@ -210,10 +219,7 @@ def _htype(part: Any) -> str | None:
 
 
 def _v1_series(h: Mapping[str, Any]) -> str:
-    s = h.get("series")
-    if isinstance(s, bool) or not isinstance(s, int):
-        raise Malformed("bad_field", f"expected an integer 'series', got {s!r}")
-    return str(s)
+    return str(check_int(h.get("series"), "'series'"))
 
 
 class Stream1Decoder:
@@ -256,14 +262,17 @@ class Stream1Decoder:
         except Malformed as exc:
             self._pending = []
             out.append(exc)
+        except BaseException:  # counted by the receiver as decode_error; start afresh
+            self._pending = []
+            raise
         return out
 
     def _needed(self, head: dict[str, Any]) -> int:
         kind = head.get("htype")
         if kind == "dheader-1.0":
             detail = head.get("header_detail", "basic")
-            if detail not in _V1_HEADER_PARTS:
-                raise Malformed("bad_field", f"expected header_detail all, basic or none, got {detail!r}")
+            if not isinstance(detail, str) or detail not in _V1_HEADER_PARTS:
+                raise Malformed("bad_field", f"expected header_detail all, basic or none, got {show(detail)}")
             return _V1_HEADER_PARTS[detail]
         return {"dimage-1.0": 4, "dseries_end-1.0": 1}[kind]
 
@@ -297,8 +306,11 @@ class Stream1Decoder:
         n_frames = n * ntrigger if isinstance(n, int) and isinstance(ntrigger, int) and n >= 0 and ntrigger > 0 else None
         shape = None
         x, y = config.get("x_pixels_in_detector"), config.get("y_pixels_in_detector")
-        if isinstance(x, int) and isinstance(y, int) and x > 0 and y > 0 and not config.get("roi_mode"):
-            shape = (y, x)
+        if isinstance(x, int) and isinstance(y, int) and not config.get("roi_mode"):
+            try:
+                shape = check_shape([y, x], self.max_shape)
+            except Malformed:
+                shape = None  # the frames' own shapes are checked when they come
         keep = ("description", "detector_number", "software_version", "count_time", "frame_time", "nimages",
                 "ntrigger", "trigger_mode", "compression", "bit_depth_image", "data_collection_date")
         meta = {"protocol": "dectris1", "header_detail": head.get("header_detail", "basic"),
@@ -307,15 +319,13 @@ class Stream1Decoder:
 
     def _image(self, head: dict[str, Any], group: list[Any]) -> Frame:
         series = _v1_series(head)
-        index = head.get("frame")
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise Malformed("bad_field", f"expected an integer 'frame' >= 0, got {index!r}")
+        index = check_int(head.get("frame"), "'frame'", minimum=0)
         d = parse_json(group[1], "dimage_d part")
         if d.get("htype") != "dimage_d-1.0":
-            raise Malformed("unexpected_part", f"expected a dimage_d-1.0 part, got htype {d.get('htype')!r}")
+            raise Malformed("unexpected_part", f"expected a dimage_d-1.0 part, got htype {show(d.get('htype'))}")
         xy = d.get("shape")
         if not isinstance(xy, list) or len(xy) != 2:
-            raise Malformed("bad_shape", f"expected shape [x, y], got {xy!r}")
+            raise Malformed("bad_shape", f"expected shape [x, y], got {show(xy)}")
         shape = check_shape(xy[::-1], self.max_shape)
         dtype = check_dtype(d.get("type"))
         blob = group[2]
@@ -326,10 +336,8 @@ class Stream1Decoder:
         check_finite(data)
         cfg = parse_json(group[3], "dconfig part")
         if cfg.get("htype") != "dconfig-1.0":
-            raise Malformed("unexpected_part", f"expected a dconfig-1.0 part, got htype {cfg.get('htype')!r}")
-        t = cfg.get("start_time")
-        if isinstance(t, bool) or not isinstance(t, int):
-            raise Malformed("bad_field", f"expected an integer start_time (ns), got {t!r}")
+            raise Malformed("unexpected_part", f"expected a dconfig-1.0 part, got htype {show(cfg.get('htype'))}")
+        t = check_int(cfg.get("start_time"), "start_time (ns)")
         return Frame(series, index, t, data, nbytes_wire=size)
 
     @staticmethod
@@ -343,9 +351,9 @@ class Stream1Decoder:
             bits = encoding[2:-5]
             if bits not in ("8", "16", "32") or int(bits) != 8 * dtype.itemsize:
                 raise Malformed("unknown_encoding", f"expected bs{8 * dtype.itemsize}-lz4< for {dtype.name}, "
-                                                    f"got {encoding!r}")
+                                                    f"got {show(encoding)}")
             return bslz4_decompress(blob, nbytes, dtype.itemsize)
-        raise Malformed("unknown_encoding", f"expected encoding '<', 'lz4<' or 'bs<N>-lz4<', got {encoding!r}")
+        raise Malformed("unknown_encoding", f"expected encoding '<', 'lz4<' or 'bs<N>-lz4<', got {show(encoding)}")
 
 
 class Stream1Encoder:
@@ -451,8 +459,8 @@ def _tag(obj: Any, number: int, what: str) -> Any:
 def _rational_ns(value: Any, key: str) -> int:
     if (not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or len(value) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in value) or value[1] <= 0):
-        raise Malformed("bad_field", f"expected {key} as a rational [numerator, denominator > 0], got {value!r}")
-    return value[0] * 1_000_000_000 // value[1]
+        raise Malformed("bad_field", f"expected {key} as a rational [numerator, denominator > 0], got {show(value)}")
+    return check_int(value[0] * 1_000_000_000 // value[1], f"{key} in ns")
 
 
 class Stream2Decoder:
@@ -469,10 +477,7 @@ class Stream2Decoder:
 
         if len(parts) != 1:
             raise Malformed("wrong_part_count", f"expected 1 part (one CBOR item), got {len(parts)}")
-        buf = memoryview(parts[0])
-        max_bytes = self.max_shape[0] * self.max_shape[1] * 8 + (1 << 20)
-        if buf.nbytes > max_bytes:
-            raise Malformed("shape_too_large", f"expected a message of at most {max_bytes} bytes, got {buf.nbytes}")
+        buf = memoryview(parts[0])  # its size is bounded by the socket's ZMQ_MAXMSGSIZE
         try:
             msg = cbor2.loads(buf)
         except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -483,18 +488,18 @@ class Stream2Decoder:
             raise Malformed("bad_cbor", f"expected a CBOR map, got {type(msg).__name__}")
         kind = msg.get("type")
         series = msg.get("series_unique_id")
-        if not isinstance(series, str) or not series:
-            sid = msg.get("series_id")
-            if isinstance(sid, bool) or not isinstance(sid, int):
-                raise Malformed("bad_field", f"expected series_unique_id or series_id, got {series!r}, {sid!r}")
-            series = str(sid)
+        if not isinstance(series, str) or not series or len(series) > 256:
+            if series is not None:
+                raise Malformed("bad_field", f"expected series_unique_id as a string of 1-256 characters, "
+                                             f"got {show(series)}")
+            series = str(check_int(msg.get("series_id"), "series_id"))
         if kind == "start":
             return [self._start(msg, series)]
         if kind == "image":
             return [self._image(msg, series)]
         if kind == "end":
             return [SeriesEnd(series)]
-        raise Malformed("unknown_type", f"expected type start, image or end, got {kind!r}")
+        raise Malformed("unknown_type", f"expected type start, image or end, got {show(kind)}")
 
     def _start(self, msg: Mapping[str, Any], series: str) -> SeriesStart:
         x, y = msg.get("image_size_x"), msg.get("image_size_y")
@@ -514,9 +519,7 @@ class Stream2Decoder:
         return SeriesStart(series, shape, dtype, None, fps, None, n if isinstance(n, int) and n >= 0 else None, meta)
 
     def _image(self, msg: Mapping[str, Any], series: str) -> Frame:
-        index = msg.get("image_id")
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise Malformed("bad_field", f"expected an integer image_id >= 0, got {index!r}")
+        index = check_int(msg.get("image_id"), "image_id", minimum=0)
         t_ns = _rational_ns(msg.get("start_time"), "start_time")
         channels = msg.get("data")
         if not isinstance(channels, Mapping) or not channels:
@@ -541,7 +544,7 @@ class Stream2Decoder:
             elif algorithm == "lz4":
                 inner = lz4h5_decompress(blob, nbytes)
             else:
-                raise Malformed("unknown_encoding", f"expected compression bslz4 or lz4, got {algorithm!r}")
+                raise Malformed("unknown_encoding", f"expected compression bslz4 or lz4, got {show(algorithm)}")
         elif not isinstance(inner, (bytes, bytearray)):
             raise Malformed("bad_field", f"expected the image bytes, got {type(inner).__name__}")
         data = frame_from_buffer(inner, shape, dtype)

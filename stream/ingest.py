@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import logging
 import math
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from typing import Any, Iterator
 import zmq
 
 from .messages import Frame, Malformed, SeriesEnd, SeriesStart
+from .signals import handling_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ class LatencyStats:
         self.max_s = 0.0
 
     def add(self, seconds: float) -> None:
-        seconds = max(seconds, 0.0)
+        seconds = min(max(seconds, 0.0), 1e6)  # a sender's clock can be anything
         self._counts[bisect.bisect_right(self._edges, seconds)] += 1
         self.count += 1
         self.total_s += seconds
@@ -205,11 +208,18 @@ class _Series:
     offset_ns: int | None = None  # min(received - t): sender clock -> Unix time
 
     def missing(self) -> int:
+        """Holes in the index range, and (once ended) frames announced but never received.
+
+        The announced count is the series end's, else the series start's (DECTRIS ends say none).
+        """
+        announced = self.announced
+        if announced is None and self.start is not None:
+            announced = self.start.n_frames
         if self.unique == 0:
-            return self.announced or 0 if self.ended else 0
+            return (announced or 0) if self.ended else 0
         span = self.last - self.first + 1
-        if self.ended and self.announced is not None:
-            span = max(span, self.announced - self.first)
+        if self.ended and announced is not None:
+            span = max(span, announced - self.first)
         return max(span - self.unique, 0)
 
 
@@ -255,17 +265,20 @@ class SeriesTracker:
         return self._series.get(key)
 
     def start(self, ev: SeriesStart) -> None:
-        if ev.series in self._series:
+        old = self._series.get(ev.series)
+        if old is not None and not old.ended:
             self.counters.series_restarted += 1
-            log.warning("series %s started again: the sender restarted; a new series begins", ev.series)
+            log.warning("series %s started again before it ended: the sender restarted; a new series begins",
+                        ev.series)
         else:
             log.info("series %s started", ev.series)
         self.counters.series_started += 1
         self._new(ev.series, ev)
 
     def end(self, ev: SeriesEnd) -> bool:
+        """Mark a series ended; False for a series never started here or ended already."""
         s = self._series.get(ev.series)
-        if s is None:
+        if s is None or s.ended:
             return False
         s.ended, s.announced = True, ev.n_frames
         self.counters.series_ended += 1
@@ -358,9 +371,8 @@ class FrameQueue:
                     self._cond.wait(0.1)
             else:
                 while self._full(n) and not self._abandoned:
-                    victim = next((i for i, x in enumerate(self._items) if isinstance(x, Frame)), None)
-                    if victim is None:
-                        break  # only control records queued: admit this one beyond the bound
+                    # the oldest frame; if only series records are queued (a flood of them), the oldest
+                    victim = next((i for i, x in enumerate(self._items) if isinstance(x, Frame)), 0)
                     old = self._items[victim]
                     del self._items[victim]
                     self._bytes -= self._size(old)
@@ -437,9 +449,6 @@ def is_loopback(url: str) -> bool:
         return True
     host = rest.rpartition(":")[0].strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
-
-
-MAX_PARTS = 16  # the most parts any message of a supported protocol has (DECTRIS v1 header: 8)
 
 
 class Receiver:
@@ -541,7 +550,8 @@ class Receiver:
                     self._monitor_event(monitor)
                 if sock in events:
                     self._receive(sock)
-                elif self.cfg.idle_timeout_s and time.monotonic() - self._last_frame > self.cfg.idle_timeout_s:
+                # checked on every turn: messages that are not frames do not keep a run alive
+                if self.cfg.idle_timeout_s and time.monotonic() - self._last_frame > self.cfg.idle_timeout_s:
                     log.info("no frame for %g s: stopping", self.cfg.idle_timeout_s)
                     self.stop("idle timeout")
         except BaseException as exc:  # a bug or a socket that cannot be opened: report, never hide
@@ -577,13 +587,15 @@ class Receiver:
                 self._rlog.warning("handshake", "a peer failed the ZeroMQ handshake (wrong or missing CURVE keys?)")
 
     def _recv_parts(self, sock: zmq.Socket) -> tuple[list[zmq.Frame], int]:
-        """One message, part by part: at most MAX_PARTS kept, the rest drained; (parts, total)."""
+        """One message, part by part: at most the protocol's parts + 1 kept, the rest drained
+        (released as they come); (parts, total)."""
         parts: list[zmq.Frame] = []
         total = 0
+        keep = self.decoder.max_parts + 1
         while True:
             part = sock.recv(copy=False)
             total += 1
-            if len(parts) < MAX_PARTS:
+            if len(parts) < keep:
                 parts.append(part)
             if not part.more:
                 return parts, total
@@ -599,8 +611,9 @@ class Receiver:
                 return
             self.counters.messages_received += 1
             self.counters.bytes_received += sum(len(p) for p in parts)
-            if total > MAX_PARTS:
-                self._reject(Malformed("too_many_parts", f"expected at most {MAX_PARTS} parts, got {total}"))
+            if total > self.decoder.max_parts + 1:
+                self._reject(Malformed("too_many_parts",
+                                       f"expected at most {self.decoder.max_parts} parts, got {total}"))
                 continue
             try:
                 records = self.decoder.decode(parts)
@@ -634,8 +647,9 @@ class Receiver:
             else:
                 self._reject(Malformed("unknown_series", f"end of series {rec.series!r}, which never started here"))
             return
-        if self._stop.is_set():
-            return  # max_frames reached while decoding a multi-frame message: not accepted
+        if self._stop.is_set():  # stopped (max frames) while a message still held frames: not accepted
+            self.counters.dropped("after_stop")
+            return
         now = time.time_ns()
         rec.received_ns = now
         self._last_frame = time.monotonic()
@@ -721,9 +735,29 @@ class Ingest:
             self.counters.dropped("consumer_stopped", left)
             log.error("%d accepted frames were not consumed", left)
         self.receiver.join(5)
-        self.receiver.tracker.close()
+        if not self.receiver.alive:  # the tracker belongs to the receiver's thread until then
+            self.receiver.tracker.close()
         if self.side_channel is not None:
             self.side_channel.close()
+
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """SIGINT / SIGTERM stop the receiver, so that the consumer drains what was accepted and
+        finishes normally (``stop_reason`` "interrupted"); a second signal raises
+        KeyboardInterrupt at once. Main thread only; elsewhere this does nothing."""
+        seen: list[int] = []
+
+        def handler(signum: int, frame: Any) -> None:
+            seen.append(signum)
+            if len(seen) > 1:
+                raise KeyboardInterrupt
+            log.warning("%s: stopping; writing everything accepted (send it again to stop at once)",
+                        signal.Signals(signum).name)
+            self.receiver.stop_reason = "interrupted"
+            self.stop("interrupted")
+
+        with handling_stop_signals(handler):
+            yield
 
     def __enter__(self) -> "Ingest":
         return self.start()

@@ -11,16 +11,20 @@ dtype is one of :data:`DTYPES`, and the blob size must agree with shape x dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "DTYPES",
+    "INT64",
+    "show",
     "Malformed",
     "SeriesStart",
     "Frame",
     "SeriesEnd",
+    "check_int",
     "check_dtype",
     "check_shape",
     "check_finite",
@@ -42,6 +46,34 @@ DTYPES: dict[str, np.dtype] = {
     )
     for name in names
 }
+
+
+INT64 = (-(1 << 63), (1 << 63) - 1)  # what an index or a time on the wire must fit in
+
+
+def show(value: Any, _depth: int = 0) -> str:
+    """A short, bounded description of a value that came off the wire, for error messages.
+
+    ``repr`` is not safe there: a few hundred bytes of CBOR with shared references can describe a
+    structure whose ``repr`` is gigabytes, and a JSON integer can have thousands of digits.
+    """
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 64 else f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, str):
+        return repr(value[:60]) + ("..." if len(value) > 60 else "")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, (list, tuple, Mapping)):
+        if _depth >= 2:
+            return "[...]" if not isinstance(value, Mapping) else "{...}"
+        if isinstance(value, Mapping):
+            items = [f"{show(k, 2)}: {show(value[k], _depth + 1)}" for k in list(value)[:4]]
+            return "{" + ", ".join(items) + (", ..." if len(value) > 4 else "") + "}"
+        items = [show(v, _depth + 1) for v in value[:4]]
+        return "[" + ", ".join(items) + (", ..." if len(value) > 4 else "") + "]"
+    return f"<{type(value).__name__}>"
 
 
 class Malformed(ValueError):
@@ -142,10 +174,17 @@ class SeriesEnd:
     n_frames: int | None = None
 
 
+def check_int(value: Any, key: str, *, minimum: int = INT64[0]) -> int:
+    """An integer field that fits in int64 (and is >= ``minimum``), or ``bad_field``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT64[1]:
+        raise Malformed("bad_field", f"expected {key} as an integer in [{minimum}, 2^63), got {show(value)}")
+    return value
+
+
 def check_dtype(name: Any) -> np.dtype:
     """The dtype a protocol names, or :class:`Malformed` ``unknown_dtype``."""
     if not isinstance(name, str) or name not in DTYPES:
-        raise Malformed("unknown_dtype", f"expected one of {sorted(set(DTYPES))}, got {name!r}")
+        raise Malformed("unknown_dtype", f"expected one of {sorted(set(DTYPES))}, got {show(name)}")
     return DTYPES[name]
 
 
@@ -159,7 +198,7 @@ def check_shape(shape: Any, max_shape: tuple[int, int]) -> tuple[int, int]:
         or len(shape) != 2
         or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
     ):
-        raise Malformed("bad_shape", f"expected two positive integers (rows, columns), got {shape!r}")
+        raise Malformed("bad_shape", f"expected two positive integers (rows, columns), got {show(shape)}")
     rows, cols = int(shape[0]), int(shape[1])
     if rows > max_shape[0] or cols > max_shape[1]:
         raise Malformed("shape_too_large",

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .config import RunConfig, write_config
-from .messages import Frame, SeriesEnd, SeriesStart
+from .messages import Frame, SeriesStart
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,14 @@ class Pipeline:
         self.stages = list(stages)
         self.frames = 0
         self.series: list[str] = []
+        self.series_count = 0
+
+    MAX_SERIES_LISTED = 100
 
     def series_start(self, ev: SeriesStart) -> None:
+        self.series_count += 1
         self.series.append(ev.series)
+        del self.series[: -self.MAX_SERIES_LISTED]  # the most recent ids; series_count counts them all
         for stage in self.stages:
             stage.prepare(ev)
 
@@ -100,6 +105,7 @@ def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: 
         "wall_seconds": seconds,
         "stop_reason": stop_reason,
         "series": pipeline.series,
+        "series_count": pipeline.series_count,
         "stages": built,
         "stage_results": pipeline.finish(),
         "ingest": counters,
@@ -140,33 +146,24 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
     if reporter is not None:
         reporter.start(cfg.stream.max_frames or None, "live")
 
-    def consume_all() -> None:
-        for rec in ingest.records():
-            if isinstance(rec, Frame):
-                pipeline.process(rec)
-                ingest.counters.processed(rec)
-                if reporter is not None:
-                    reporter.update(1)
-            elif isinstance(rec, SeriesStart):
-                pipeline.series_start(rec)
-            elif isinstance(rec, SeriesEnd):
-                pass
-
     ingest.start()
     try:
-        try:
-            consume_all()
-        except KeyboardInterrupt:
-            ingest.stop("interrupted")
-            consume_all()  # every accepted frame goes through the pipeline
-            raise
+        with ingest.stop_on_signals():  # a first Ctrl-C / SIGTERM stops the receiver; the loop drains
+            for rec in ingest.records():
+                if isinstance(rec, Frame):
+                    pipeline.process(rec)
+                    ingest.counters.processed(rec)
+                    if reporter is not None:
+                        reporter.update(1)
+                elif isinstance(rec, SeriesStart):
+                    pipeline.series_start(rec)
     finally:
         if reporter is not None:
             reporter.end()
         ingest.close()
         summary = _summary(run_dir, cfg, ingest.counters.snapshot(), pipeline, time.perf_counter() - t0,
-                           ingest.receiver.stop_reason or "interrupted", {"source": cfg.stream.source,
-                                                                          "protocol": cfg.stream.protocol})
+                           ingest.receiver.stop_reason or "stopped at once",
+                           {"source": cfg.stream.source, "protocol": cfg.stream.protocol})
     if ingest.receiver.error is not None:
         raise ingest.receiver.error
     return summary

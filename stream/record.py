@@ -13,6 +13,8 @@ counters (``ingest``): what was received, dropped, malformed, missing.
 """
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from typing import Any
 import zmq
 
 from .config import RunConfig, write_config
-from .ingest import Ingest
+from .ingest import Ingest, RateLimitedLog
 from .messages import Frame, SeriesEnd, SeriesStart
 from .recording import RecordingError, RecordingWriter
 
@@ -55,18 +57,27 @@ class Recorder:
         ``recording.json``.
     """
 
-    def __init__(self, out: Path, cfg: RunConfig):
+    MAX_GEOMETRIES = 4  # recordings (frame shapes and dtypes) one record run opens at most
+    MAX_SERIES_LISTED = 1000  # series entries per recording.json
+    MAX_STARTS = 64  # series starts remembered
+
+    def __init__(self, out: Path, cfg: RunConfig, counters: Any = None):
         self.out = Path(out)
         self.cfg = cfg
+        self.counters = counters
         self.writers: dict[tuple, RecordingWriter] = {}
         self.series: dict[tuple, list[dict[str, Any]]] = {}
-        self._starts: dict[str, SeriesStart] = {}
-        self._current: dict[tuple, str] = {}
+        self._starts: collections.OrderedDict[str, SeriesStart] = collections.OrderedDict()
+        self._current: dict[tuple, str | None] = {}
         self.frames = 0
+        self.series_not_listed = 0
+        self._rlog = RateLimitedLog(log)
 
-    def _writer(self, f: Frame) -> tuple[tuple, RecordingWriter]:
+    def _writer(self, f: Frame) -> tuple[tuple, RecordingWriter] | None:
         key = (tuple(f.data.shape), f.data.dtype.str)
         w = self.writers.get(key)
+        if w is None and len(self.writers) >= self.MAX_GEOMETRIES:
+            return None
         if w is None:
             path = self.out if not self.writers else self.out / f"geometry-{len(self.writers)}"
             if self.writers:
@@ -85,26 +96,47 @@ class Recorder:
                 write_config(self.cfg, path)
             self.writers[key] = w
             self.series[key] = []
-        if self._current.get(key) != f.series:  # a new series begins in this recording
+        if self._current.get(key) != f.series:  # a series (or a restart of one) begins in this recording
             self._current[key] = f.series
-            start = self._starts.get(f.series)
-            entry: dict[str, Any] = {"series": f.series, "first_position": w.frames_written + len(w._pending),
-                                     "first_frame": f.frame}
-            if start is not None:
-                entry.update({k: v for k, v in (("fps", start.fps), ("n_frames", start.n_frames),
-                                                ("meta", start.meta)) if v})
-            self.series[key].append(entry)
-            w.update_meta(series_list=self.series[key])
+            self._list(key, w, f)
         return key, w
+
+    def _list(self, key: tuple, w: RecordingWriter, f: Frame) -> None:
+        """Add the series of ``f`` to ``series_list`` in ``recording.json`` (bounded)."""
+        if len(self.series[key]) >= self.MAX_SERIES_LISTED:
+            self.series_not_listed += 1
+            return
+        start = self._starts.get(f.series)
+        entry: dict[str, Any] = {"series": f.series, "first_position": w.frames_written + w.pending_frames,
+                                 "first_frame": f.frame}
+        if start is not None:
+            entry.update({k: v for k, v in (("fps", start.fps), ("n_frames", start.n_frames)) if v})
+            if start.meta and len(json.dumps(start.meta, default=str)) <= 4096:
+                entry["meta"] = start.meta
+        self.series[key].append(entry)
+        w.update_meta(series_list=self.series[key])
 
     def consume(self, rec: SeriesStart | Frame | SeriesEnd) -> bool:
         """Write one record; True for a frame written."""
         if isinstance(rec, SeriesStart):
             self._starts[rec.series] = rec
+            self._starts.move_to_end(rec.series)
+            while len(self._starts) > self.MAX_STARTS:
+                self._starts.popitem(last=False)
+            for key in self._current:  # the next frame of this series opens a new series_list entry
+                if self._current[key] == rec.series:
+                    self._current[key] = None
             return False
         if isinstance(rec, SeriesEnd):
             return False
-        _, w = self._writer(rec)
+        found = self._writer(rec)
+        if found is None:
+            if self.counters is not None:
+                self.counters.dropped("geometry_limit")
+            self._rlog.warning("geometry", "series %s: %s %s frames would open a recording beyond the %d allowed; "
+                               "frame dropped", rec.series, rec.data.shape, rec.data.dtype, self.MAX_GEOMETRIES)
+            return False
+        _, w = found
         w.append(rec.data, frame_index=rec.frame, t_ns=rec.t_ns)
         self.frames += 1
         return True
@@ -119,70 +151,68 @@ class Recorder:
         for w in self.writers.values():
             try:
                 w.close(**meta)
-            except (OSError, RecordingError) as exc:  # keep closing the others
+            except Exception as exc:  # keep closing the others  # noqa: BLE001
                 errors.append(exc)
-                w.abandon()
+                self._abandon(w)
         if errors:
             raise errors[0]
 
-    def abandon(self) -> None:
+    def abandon(self, **meta: Any) -> None:
+        """Stop after a failure: keep what is durable, never claim completeness; add ``meta``."""
         for w in self.writers.values():
+            self._abandon(w)
+            try:
+                w.update_meta(**meta)
+            except OSError:
+                log.exception("%s: could not update recording.json", w.path)
+
+    @staticmethod
+    def _abandon(w: RecordingWriter) -> None:
+        try:
             w.abandon()
+        except Exception:  # noqa: BLE001 - the blocks already on disk stay readable
+            log.exception("%s: could not flush the last frames", w.path)
 
 
-def record(cfg: RunConfig, out: str | Path, *, reporter: Any = None, context: zmq.Context | None = None,
-           on_start: Any = None) -> RecordResult:
+def record(cfg: RunConfig, out: str | Path, *, reporter: Any = None, context: zmq.Context | None = None
+           ) -> RecordResult:
     """Receive ``cfg.stream`` and write it into a new recording at ``out``.
 
     Stops after ``stream.max_frames`` frames, ``stream.idle_timeout_s`` without a frame, or
-    KeyboardInterrupt (SIGINT, SIGTERM through the CLI); in every case what was accepted is
-    written and the recording closed. A second interrupt while draining stops at once, keeping
-    every complete block.
+    SIGINT / SIGTERM (``stop_reason`` "interrupted"); in every case what was accepted is written
+    and the recording closed. A second signal stops at once (KeyboardInterrupt), keeping every
+    complete block.
     """
     out = Path(out)
     if (out / "frames.bin").exists():
         raise RecordingError(f"{out} already holds a recording; choose a new directory")
-    recorder = Recorder(out, cfg)
     ingest = Ingest(cfg, context=context)
+    recorder = Recorder(out, cfg, ingest.counters)
     t0 = time.perf_counter()
     if reporter is not None:
         reporter.start(cfg.stream.max_frames or None, f"record {out.name}")
 
-    def consume_all() -> None:
-        for rec in ingest.records():
-            if recorder.consume(rec):
-                ingest.counters.processed(rec)
-                if reporter is not None:
-                    reporter.update(1)
-
     ingest.start()
-    if on_start is not None:
-        on_start(ingest)
     try:
-        try:
-            consume_all()
-        except KeyboardInterrupt:
-            log.info("interrupted: writing the %d frames already accepted, then stopping", len(ingest.queue))
-            ingest.stop("interrupted")
-            consume_all()  # drain: every accepted frame reaches the recording
-            raise
-    except BaseException:
+        with ingest.stop_on_signals():  # a first Ctrl-C / SIGTERM stops the receiver; the loop drains
+            for rec in ingest.records():
+                if recorder.consume(rec):
+                    ingest.counters.processed(rec)
+                    if reporter is not None:
+                        reporter.update(1)
+    except BaseException as exc:  # a second signal, a full disk, a bug: keep every complete block
         ingest.close()
-        try:
-            recorder.close(ingest=ingest.counters.snapshot(), stop_reason=ingest.receiver.stop_reason or "error")
-        except BaseException:
-            recorder.abandon()
-            raise
+        recorder.abandon(ingest=ingest.counters.snapshot(), stop_reason=f"stopped at once ({type(exc).__name__})")
         raise
     finally:
         if reporter is not None:
             reporter.end()
     ingest.close()
     counters = ingest.counters.snapshot()
+    extra = {"series_not_listed": recorder.series_not_listed} if recorder.series_not_listed else {}
+    recorder.close(ingest=counters, stop_reason=ingest.receiver.stop_reason, **extra)
     if ingest.receiver.error is not None:
-        recorder.close(ingest=counters, stop_reason=ingest.receiver.stop_reason)
         raise ingest.receiver.error
-    recorder.close(ingest=counters, stop_reason=ingest.receiver.stop_reason)
     seconds = time.perf_counter() - t0
     if recorder.frames == 0:
         log.warning("no frame was received: nothing was written to %s", out)

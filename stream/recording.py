@@ -24,13 +24,14 @@ import logging
 import os
 import signal
 import struct
-import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from .signals import handling_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +65,24 @@ def _signals_deferred():
     """Hold SIGINT and SIGTERM while a block is written and accounted for.
 
     A Ctrl-C between writing a block and clearing it from the queue would let the next flush
-    write it again. The signals are delivered as soon as the block is done (POSIX, main thread;
-    elsewhere this does nothing and the rollback below still prevents partial blocks).
+    write it again. Python runs signal handlers in the main thread whichever thread the signal
+    reached, so the handlers are swapped for one that only notes the signal; the original
+    handlers get it as soon as the block is done. (Off the main thread this does nothing, and
+    the rollback below still prevents partial blocks.)
     """
-    can = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    if not can:
+    held: list[tuple[int, Any]] = []
+
+    def note(signum: int, frame: Any) -> None:
+        held.append((signum, frame))
+
+    with handling_stop_signals(note) as previous:
         yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    for signum, frame in held:  # handlers restored: deliver what came meanwhile
+        h = previous[signum]
+        if callable(h):
+            h(signum, frame)
+        elif h == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)
 
 
 class RecordingError(RuntimeError):
@@ -214,6 +220,11 @@ class RecordingWriter:
     @property
     def meta(self) -> dict[str, Any]:
         return dict(self._meta)
+
+    @property
+    def pending_frames(self) -> int:
+        """Frames queued for the next block (not on disk yet)."""
+        return len(self._pending)
 
     def append_encoded(self, data: bytes, crc: int, *, frame_index: int, t_ns: int) -> None:
         """Queue a frame already encoded with this writer's codec (e.g. by a worker process)."""

@@ -1,7 +1,7 @@
 """The latest-frame side channel: a conflated ZeroMQ PUB that viewers can subscribe to.
 
 The receiver only stores a reference to the frame it accepted last; a separate thread publishes
-that frame at most ``rate_hz`` times a second on a PUB socket with ``ZMQ_CONFLATE`` (each
+that frame, while at least one viewer is connected, at most ``rate_hz`` times a second on a PUB socket with ``ZMQ_CONFLATE`` (each
 subscriber holds one message, the newest) and never blocks (``NOBLOCK``; a full pipe drops).
 So a slow, stalled or absent viewer can never slow the data path, and a viewer always sees the
 newest frame rather than a backlog.
@@ -73,6 +73,7 @@ class LatestFramePublisher:
         self.period_s = 1.0 / rate_hz
         self.context = context or zmq.Context.instance()
         self.published = 0
+        self.peers = 0  # viewers connected now
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._bound = threading.Event()
@@ -97,20 +98,34 @@ class LatestFramePublisher:
             self._bound.set()
             return
         self._bound.set()
+        monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         last = None
         try:
             while not self._stop.wait(self.period_s):
+                self._count_peers(monitor)
                 frame = self._latest()
-                if frame is None or frame is last:
-                    continue
+                if not self.peers or frame is None or frame is last:
+                    continue  # nobody watching: no copy at all
                 last = frame
                 try:
                     sock.send(encode_latest(frame), zmq.NOBLOCK, copy=False)
                     self.published += 1
                 except zmq.Again:
                     pass
+        except Exception:  # noqa: BLE001 - the data path goes on without its viewers
+            log.exception("side channel stopped")
         finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
             sock.close(linger=0)
+
+    def _count_peers(self, monitor: zmq.Socket) -> None:
+        from zmq.utils.monitor import recv_monitor_message  # noqa: PLC0415
+
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            self.peers += 1 if event == zmq.EVENT_ACCEPTED else -1
+        self.peers = max(self.peers, 0)
 
     def close(self) -> None:
         self._stop.set()

@@ -97,9 +97,21 @@ def _wire_dtype(a: np.ndarray) -> np.ndarray:
                       f"{sorted({d.name for d in DTYPES.values()})}")
 
 
-def _pick(name: str, from_file: float | None, given: float | None, default: float, where: Path, unit: str) -> float:
+def _number(value: Any) -> float | None:
+    """A positive finite number from file metadata, or None for anything else."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return x if np.isfinite(x) and x > 0 else None
+
+
+def _pick(name: str, from_file: Any, given: float | None, default: float, where: Path, unit: str) -> float:
     """File metadata, else the caller's value, else the configured default (with a warning)."""
-    if from_file is not None and from_file > 0 and np.isfinite(from_file):
+    if from_file is not None and _number(from_file) is None:
+        log.warning("%s: ignoring its %s %r, which is not a positive number", where, name, from_file)
+    from_file = _number(from_file)
+    if from_file is not None:
         if given is not None and not np.isclose(given, from_file, rtol=1e-3):
             log.warning("%s: the file says %s = %g %s; using the %g %s given", where, name, from_file, unit, given, unit)
             return float(given)
@@ -115,7 +127,7 @@ def _stack(path: Path, kind: str, data: Any, *, pixel_file: float | None, fps_fi
            pixel_size_A: float | None, fps: float | None, defaults: tuple[float, float],
            close: Any = None) -> FrameSource:
     if data.ndim == 2:
-        data = data[None]
+        data = _OneFrame(data)
     if data.ndim != 3:
         raise SourceError(f"{path}: expected frames as (N, rows, columns), got shape {tuple(data.shape)}")
     n = int(data.shape[0])
@@ -146,6 +158,15 @@ def open_source(path: str | Path, *, pixel_size_A: float | None = None, fps: flo
     p = Path(path)
     if not p.exists():
         raise SourceError(f"source not found: {p}")
+    try:
+        return _open(p, pixel_size_A, fps, defaults)
+    except SourceError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:  # odd files of every kind
+        raise SourceError(f"{p}: cannot be read as frames ({type(exc).__name__}: {exc})") from None
+
+
+def _open(p: Path, pixel_size_A: float | None, fps: float | None, defaults: tuple[float, float]) -> FrameSource:
     if p.is_dir() and (p / "recording.json").exists():
         return _open_recording(p, pixel_size_A, fps)
     if p.is_dir() and ((p / "zarr.json").exists() or p.suffix == ".zarr"):
@@ -214,8 +235,9 @@ def _open_tiff(p: Path, pixel_size_A: float | None, fps: float | None, defaults:
             num, den = xres.value
             if num > 0:
                 px_file = den / num * _UNITS_A[unit]
-        if ij.get("finterval"):
-            fps_file = 1.0 / float(ij["finterval"])
+        interval = _number(ij.get("finterval"))
+        if interval is not None:
+            fps_file = 1.0 / interval
         try:
             data = tifffile.memmap(p, mode="r")
         except ValueError:  # compressed or not contiguous: read page by page
@@ -230,6 +252,18 @@ def _open_tiff(p: Path, pixel_size_A: float | None, fps: float | None, defaults:
         raise
     return _stack(p, "tiff", data, pixel_file=px_file, fps_file=fps_file, pixel_size_A=pixel_size_A, fps=fps,
                   defaults=defaults, close=tif.close)
+
+
+class _OneFrame:
+    """A single 2-D frame seen as a stack of one."""
+
+    def __init__(self, frame: Any):
+        self.frame, self.shape, self.dtype, self.ndim = frame, (1, *frame.shape), frame.dtype, 3
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i != 0:
+            raise IndexError(i)
+        return np.asarray(self.frame[...])
 
 
 class _PagedStack:

@@ -26,14 +26,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from .messages import (
+    INT64,
     Frame,
     Malformed,
     SeriesEnd,
     SeriesStart,
     check_dtype,
     check_finite,
+    check_int,
     check_shape,
     frame_from_buffer,
+    show,
 )
 
 __all__ = ["VERSION", "MAX_HEADER_BYTES", "BtomoDecoder", "series_start_message", "frame_message",
@@ -57,13 +60,11 @@ def parse_json(part: Any, what: str = "header") -> dict[str, Any]:
     return obj
 
 
-def _int(h: dict[str, Any], key: str, *, minimum: int | None = None, required: bool = True) -> int | None:
+def _int(h: dict[str, Any], key: str, *, minimum: int = INT64[0], required: bool = True) -> int | None:
     v = h.get(key)
     if v is None and not required:
         return None
-    if not isinstance(v, int) or isinstance(v, bool) or (minimum is not None and v < minimum):
-        raise Malformed("bad_field", f"expected integer {key!r}{f' >= {minimum}' if minimum is not None else ''}, got {v!r}")
-    return v
+    return check_int(v, repr(key), minimum=minimum)
 
 
 def _number(h: dict[str, Any], key: str) -> float | None:
@@ -71,14 +72,14 @@ def _number(h: dict[str, Any], key: str) -> float | None:
     if v is None:
         return None
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-        raise Malformed("bad_field", f"expected a finite number >= 0 for {key!r}, got {v!r}")
+        raise Malformed("bad_field", f"expected a finite number >= 0 for {show(key)}, got {show(v)}")
     return float(v)
 
 
 def _series(h: dict[str, Any]) -> str:
     v = h.get("series")
     if isinstance(v, bool) or not isinstance(v, (str, int)) or v == "" or len(str(v)) > 256:
-        raise Malformed("bad_field", f"expected a series id (string or integer), got {v!r}")
+        raise Malformed("bad_field", f"expected a series id (string or integer), got {show(v)}")
     return str(v)
 
 
@@ -104,11 +105,11 @@ class BtomoDecoder:
         h = parse_json(parts[0])
         version = h.get("btomo")
         if version != VERSION:
-            raise Malformed("unknown_version", f"expected 'btomo': {VERSION}, got {version!r}")
+            raise Malformed("unknown_version", f"expected 'btomo': {VERSION}, got {show(version)}")
         kind = h.get("type")
         expected_parts = {"series_start": 1, "frame": 2, "series_end": 1}.get(kind)
         if expected_parts is None:
-            raise Malformed("unknown_type", f"expected type series_start, frame or series_end, got {kind!r}")
+            raise Malformed("unknown_type", f"expected type series_start, frame or series_end, got {show(kind)}")
         if len(parts) != expected_parts:
             raise Malformed("wrong_part_count", f"expected {expected_parts} part(s) for {kind}, got {len(parts)}")
         series = _series(h)

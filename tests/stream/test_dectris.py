@@ -213,3 +213,49 @@ def test_decoder_keeps_no_state_after_a_bad_group():
     out = dec.decode(enc.frame_messages(1, 0, _img(1))[0])
     assert isinstance(out[0], Malformed) and out[0].reason == "wrong_part_count"
     assert isinstance(out[1], Frame) and out[1].frame == 1
+
+
+def test_hostile_cbor_and_framing_are_rejected_quickly():
+    """Shared references that expand exponentially, tiny blocks, integers beyond int64."""
+    import time
+
+    import cbor2
+
+    from btomo.stream.dectris import Stream2Decoder, lz4h5_decompress
+
+    dec = Stream2Decoder(max_shape=(8192, 8192))
+    x: list = [1]
+    for _ in range(40):  # 2^40 leaves when expanded; a few hundred bytes shared
+        x = [x, x]
+    image = {"type": "image", "series_id": 1, "image_id": 0, "start_time": x, "data": {}}
+    msg = cbor2.dumps(cbor2.CBORTag(55799, image), value_sharing=True)
+    assert len(msg) < 1000
+    t0 = time.perf_counter()
+    with pytest.raises(Malformed) as err:
+        dec.decode([msg])
+    assert err.value.reason == "bad_field" and len(str(err.value)) < 300
+    too_late = cbor2.dumps(cbor2.CBORTag(55799, {**image, "start_time": [2 ** 64 - 1, 1]}))
+    with pytest.raises(Malformed, match="bad_field"):
+        dec.decode([too_late])
+    # a 40-byte lz4 blob that declares 16 MiB in 1-byte blocks
+    blob = struct.pack(">QI", 16 << 20, 1) + b"\x00" * 4
+    with pytest.raises(Malformed, match="bad_compression"):
+        lz4h5_decompress(blob, 16 << 20)
+    blob = struct.pack(">QI", 16 << 20, 64) + b"\x00" * 40  # room for 10 of 262144 blocks
+    with pytest.raises(Malformed, match="cannot hold"):
+        lz4h5_decompress(blob, 16 << 20)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_dectris_series_gaps_count_from_the_start_message():
+    """DECTRIS ends carry no frame count: frames lost at the tail show against the start's."""
+    n = 5
+    enc = Stream1Encoder("4", shape=(40, 56), dtype="<u2", pixel_size_A=1, fps=400.0, n_frames=n)
+    msgs = enc.start_messages()
+    for i in range(3):  # the last two never sent
+        msgs += enc.frame_messages(i, i, _img(i))
+    msgs += enc.end_messages(n) + enc.end_messages(n)  # and the end twice
+    cfg = stream_config(**{"stream.protocol": "dectris1", "stream.idle_timeout_s": 0.5})
+    records, c = _run(cfg, msgs)
+    assert c["frame_gaps"] == 2 and c["series_ended"] == 1
+    assert c["messages_malformed"] == {"unknown_series": 1}

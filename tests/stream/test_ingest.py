@@ -362,3 +362,59 @@ def test_curve_stream_needs_the_keys(tmp_path):
     assert n == 0 and c["frames_accepted"] == 0
     n, c = run(None)  # no CURVE at all
     assert n == 0
+
+
+def test_integers_beyond_int64_and_huge_numbers_are_rejected():
+    hdr = {"btomo": 1, "type": "frame", "series": "s", "frame": 0, "t_ns": 0, "shape": [32, 48], "dtype": "uint16"}
+    blob = _frame(0).tobytes()
+    msgs = [
+        [json.dumps({**hdr, "t_ns": 2 ** 63}).encode(), blob],
+        [json.dumps({**hdr, "frame": 2 ** 70}).encode(), blob],
+        [json.dumps({**hdr, "wall_ns": 10 ** 400}).encode(), blob],
+        _valid("s", 1),
+    ]
+    cfg = stream_config(**{"stream.max_frames": 1})
+    records, c = _receive(cfg, msgs)
+    assert c["messages_malformed"] == {"bad_field": 3} and c["frames_accepted"] == 1
+
+
+def test_idle_timeout_fires_while_junk_keeps_coming():
+    cfg = stream_config(**{"stream.idle_timeout_s": 0.5})
+    ctx = zmq.Context.instance()
+    push = _sender(cfg.stream.source, ctx)
+    ingest = Ingest(cfg, context=ctx).start()
+    stop = threading.Event()
+
+    def junk():
+        while not stop.is_set():
+            push.send_multipart([b"{junk"])
+            time.sleep(0.01)
+
+    t = threading.Thread(target=junk)
+    t.start()
+    t0 = time.monotonic()
+    consume(ingest)
+    took = time.monotonic() - t0
+    stop.set()
+    t.join()
+    ingest.close()
+    push.close(linger=0)
+    assert took < 3 and ingest.receiver.stop_reason == "idle timeout"
+    assert ingest.counters.snapshot()["messages_malformed"]["bad_json"] > 10
+
+
+def test_side_channel_copies_nothing_without_viewers():
+    cfg = stream_config(**{"stream.max_frames": 30, "stream.side_channel_hz": 100})
+    msgs = []
+    for i in range(30):
+        msgs.append(_valid("s", i))
+    ctx = zmq.Context.instance()
+    push = _sender(cfg.stream.source, ctx)
+    ingest = Ingest(cfg, context=ctx).start()
+    for m in msgs:
+        push.send_multipart(m)
+        time.sleep(0.005)
+    consume(ingest)
+    ingest.close()
+    push.close()
+    assert ingest.side_channel.published == 0

@@ -108,3 +108,12 @@ def test_bad_sources_are_clear_errors(tmp_path):
     g.create_array("other", shape=(2,), dtype="uint8")
     with pytest.raises(SourceError, match="without a 'frames' array"):
         open_source(tmp_path / "nof.zarr")
+
+
+def test_a_single_frame_and_odd_metadata(tmp_path):
+    a = zarr.create_array(tmp_path / "one.zarr", shape=(24, 32), dtype="uint16")
+    a[:] = STACK[0]
+    a.attrs.update(pixel_size_A="0.5", fps="fast")  # a string that is a number, and one that is not
+    with open_source(tmp_path / "one.zarr") as src:
+        assert len(src) == 1 and src.pixel_size_A == 0.5 and src.fps == 400.0
+        np.testing.assert_array_equal(src.read(0), STACK[0])

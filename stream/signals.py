@@ -1,0 +1,33 @@
+"""Temporarily handling SIGINT and SIGTERM (``btomo record``, ``live``, the recording writer).
+
+Python runs signal handlers in the main thread, whichever thread the signal reached, so a
+handler installed here sees every SIGINT and SIGTERM of the process while it is in place.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any, Callable, Iterator
+
+__all__ = ["handling_stop_signals"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def handling_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[dict[int, Any] | None]:
+    """Route SIGINT and SIGTERM to ``handler`` inside the block, then restore the handlers.
+
+    Yields the previous handlers ({signal: handler}), or None off the main thread, where
+    handlers cannot be installed (the block then runs with the handlers as they are).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield previous
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
