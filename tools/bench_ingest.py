@@ -14,7 +14,8 @@ Every figure is printed with a baseline measured in the same run (these machines
 ``recorder``
     Writing frames to disk: a raw sequential write of the same bytes (64 MiB writes, fsync every
     64 MiB, like the recorder's blocks), then :class:`btomo.stream.recording.RecordingWriter` with
-    the raw codec, then with Blosc lz4 + bitshuffle. Ratio recorder bytes/s / raw bytes/s.
+    the raw codec, then with Blosc lz4 + bitshuffle, then ``btomo record`` whole (a sender process
+    at full speed, tcp, ingest, recorder). Ratio recorder bytes/s / raw bytes/s.
 
     python tools/bench_ingest.py [paced|unpaced|recorder|all] [--seconds 60] [--frames 2000]
 
@@ -170,6 +171,22 @@ def bench_unpaced(n: int) -> None:
     print(f"ratio ingest / raw = {i / r:.3f} (goal >= 0.9)")
 
 
+class _Clock:
+    """A progress reporter that notes when the first frame was written."""
+
+    t_first = 0.0
+
+    def start(self, total, description) -> None:
+        pass
+
+    def update(self, advance: int = 1, **state) -> None:
+        if not self.t_first:
+            self.t_first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
 def bench_recorder(n: int, directory: Path) -> None:
     from btomo.stream.recording import RecordingWriter
 
@@ -207,19 +224,79 @@ def bench_recorder(n: int, directory: Path) -> None:
         shutil.rmtree(path)
         return nbytes / dt, on_disk
 
+    def record_over_socket(codec: str) -> float:
+        """``btomo record`` whole: a sender process at full speed -> tcp -> ingest -> recorder."""
+        from btomo.stream.config import load_config
+        from btomo.stream.record import record
+
+        address = _free_address()
+        cfg = load_config(None, {"stream.source": address, "stream.max_frames": n, "stream.idle_timeout_s": 10.0,
+                                 "stream.side_channel": "", "stream.record_codec": codec})
+        proc, q = _start_sender(address, n, 0)
+        path = directory / f"record-{codec}"
+        clock = _Clock()
+        result = record(cfg, path, reporter=clock)
+        t_end = time.perf_counter()  # after the last block's fsync and the close
+        q.get(timeout=60)
+        proc.join(30)
+        shutil.rmtree(path)
+        assert result.frames == n, f"record lost frames: {result.frames}/{n}"
+        return nbytes * (n - 1) / n / (t_end - clock.t_first)  # from the first frame written
+
+    def raw_socket_write() -> float:
+        """The plainest receive-and-write: pyzmq PULL + ``file.write`` + fsync every 64 MiB."""
+        address = _free_address()
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.RCVHWM, 64)
+        sock.connect(address)
+        proc, q = _start_sender(address, n, 0)
+        sock.recv_multipart()  # series start
+        path = directory / "raw-socket.bin"
+        with open(path, "wb") as f:
+            pending = 0
+            for i in range(n):
+                parts = sock.recv_multipart(copy=False)
+                if i == 0:
+                    t0 = time.perf_counter()
+                f.write(parts[1].buffer)
+                pending += len(parts[1])
+                if pending >= block:
+                    f.flush()
+                    os.fsync(f.fileno())
+                    pending = 0
+            f.flush()
+            os.fsync(f.fileno())
+        dt = time.perf_counter() - t0
+        sock.recv_multipart()
+        q.get(timeout=60)
+        proc.join(30)
+        sock.close(0)
+        ctx.term()
+        path.unlink()
+        return nbytes * (n - 1) / n / dt
+
     rows = []
     for _ in range(3):
         raw = raw_write()
+        raw_sock = raw_socket_write()
         rec_raw, disk_raw = recorder("raw")
         rec_blosc, disk_blosc = recorder("blosc-lz4")
-        rows.append((raw, rec_raw, rec_blosc))
+        sock_raw = record_over_socket("raw")
+        sock_blosc = record_over_socket("blosc-lz4")
+        rows.append((raw, rec_raw, rec_blosc, raw_sock, sock_raw, sock_blosc))
         print(f"  raw write {raw / 1e9:.2f} GB/s, recorder raw {rec_raw / 1e9:.2f} GB/s, "
-              f"recorder blosc-lz4 {rec_blosc / 1e9:.2f} GB/s of frames ({disk_blosc / nbytes:.2f} of the bytes on disk)")
-    raw, rec_raw, rec_blosc = (float(np.median(col)) for col in zip(*rows))
+              f"recorder blosc-lz4 {rec_blosc / 1e9:.2f} GB/s of frames ({disk_blosc / nbytes:.2f} of the bytes on disk); "
+              f"over tcp: pyzmq+write {raw_sock / 1e9:.2f}, btomo record raw {sock_raw / 1e9:.2f}, "
+              f"blosc-lz4 {sock_blosc / 1e9:.2f} GB/s")
+    raw, rec_raw, rec_blosc, raw_sock, sock_raw, sock_blosc = (float(np.median(col)) for col in zip(*rows))
     print(f"raw sequential write: {raw / 1e9:.2f} GB/s")
     print(f"recorder, raw codec:  {rec_raw / 1e9:.2f} GB/s  ratio {rec_raw / raw:.3f} (goal >= 0.8)")
     print(f"recorder, blosc-lz4:  {rec_blosc / 1e9:.2f} GB/s of frame data, ratio {rec_blosc / raw:.3f}; "
           f"{400 * frames[0].nbytes / 1e9:.2f} GB/s needed for 400 full frames/s")
+    print(f"over tcp from a sender process: plain pyzmq receive + write {raw_sock / 1e9:.2f} GB/s; btomo record, "
+          f"raw codec {sock_raw / 1e9:.2f} GB/s, ratio {sock_raw / raw_sock:.3f} (goal >= 0.8); blosc-lz4 "
+          f"{sock_blosc / 1e9:.2f} GB/s of frame data, ratio {sock_blosc / raw_sock:.3f}")
 
 
 def main() -> None:
