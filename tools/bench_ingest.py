@@ -195,14 +195,15 @@ def bench_recorder(n: int, directory: Path) -> None:
     print(f"\n== recorder: {n} frames {SHAPE[0]}x{SHAPE[1]} uint16 ({nbytes / 1e9:.2f} GB) into {directory}")
     block = 64 << 20
 
-    def raw_write() -> float:
-        path = directory / "raw.bin"
-        t0 = time.perf_counter()
+    def write_all(path: Path, buffers) -> float:
+        """Write the buffers to one file, fsyncing every 64 MiB; seconds from the first buffer."""
+        t0 = None
         with open(path, "wb") as f:
             pending = 0
-            for i in range(n):
-                f.write(frames[i % len(frames)])
-                pending += frames[0].nbytes
+            for buf in buffers:
+                t0 = t0 or time.perf_counter()
+                f.write(buf)
+                pending += memoryview(buf).nbytes
                 if pending >= block:
                     f.flush()
                     os.fsync(f.fileno())
@@ -211,7 +212,10 @@ def bench_recorder(n: int, directory: Path) -> None:
             os.fsync(f.fileno())
         dt = time.perf_counter() - t0
         path.unlink()
-        return nbytes / dt
+        return dt
+
+    def raw_write() -> float:
+        return nbytes / write_all(directory / "raw.bin", (frames[i % len(frames)] for i in range(n)))
 
     def recorder(codec: str) -> tuple[float, int]:
         path = directory / f"rec-{codec}"
@@ -252,28 +256,13 @@ def bench_recorder(n: int, directory: Path) -> None:
         sock.connect(address)
         proc, q = _start_sender(address, n, 0)
         sock.recv_multipart()  # series start
-        path = directory / "raw-socket.bin"
-        with open(path, "wb") as f:
-            pending = 0
-            for i in range(n):
-                parts = sock.recv_multipart(copy=False)
-                if i == 0:
-                    t0 = time.perf_counter()
-                f.write(parts[1].buffer)
-                pending += len(parts[1])
-                if pending >= block:
-                    f.flush()
-                    os.fsync(f.fileno())
-                    pending = 0
-            f.flush()
-            os.fsync(f.fileno())
-        dt = time.perf_counter() - t0
+        received = (sock.recv_multipart(copy=False)[1].buffer for _ in range(n))
+        dt = write_all(directory / "raw-socket.bin", received)
         sock.recv_multipart()
         q.get(timeout=60)
         proc.join(30)
         sock.close(0)
         ctx.term()
-        path.unlink()
         return nbytes * (n - 1) / n / dt
 
     rows = []
