@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=2.0, help="seconds of acquisition to simulate (default 2)")
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<UTC timestamp>)")
     p.add_argument("--shape", help="frame shape HxW (default 512x512 for the demo)")
-    p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the live display")
+    p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the progress display")
     _common(p)
 
     p = sub.add_parser(
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<UTC timestamp>)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--idle-timeout", type=float, metavar="S", help="stop after S seconds without a frame")
-    p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the live display")
+    p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the progress display")
     _common(p)
 
     p = sub.add_parser(
@@ -292,22 +292,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_tcp_address() -> str:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-
-
 def _demo_stream(cfg: RunConfig, recording: Path, run_dir: Path, *, quiet: bool) -> dict:
     """Replay the demo's recording over ZeroMQ (ports of its own) into the live pipeline."""
+    from .ingest import free_tcp_address  # noqa: PLC0415
     from .pipeline import run_live  # noqa: PLC0415
     from .replay import replay  # noqa: PLC0415
     from .sources import open_source  # noqa: PLC0415
 
-    cfg.stream.source = _free_tcp_address()
-    cfg.stream.side_channel = _free_tcp_address()
+    cfg.stream.source = free_tcp_address()
+    cfg.stream.side_channel = free_tcp_address()
     source = open_source(recording)
     cfg.stream.max_frames = len(source)
     cfg.stream.idle_timeout_s = 30.0
@@ -369,17 +362,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     rate = _parse_rate(args.rate)
     _check_stack_flags(args)
     cfg = config_from_args(args, {k: v for k, v in STREAM_FLAGS.items() if k in ("protocol", "to")})
+    options = {} if cfg.stream.protocol == "btomo" else {"compression": args.compression}
     with _open(args, cfg) as source:
-        options = {}
-        if cfg.stream.protocol == "dectris1":
-            options["encoding"] = {"none": "raw"}.get(args.compression, args.compression)
-        elif cfg.stream.protocol == "dectris2":
-            options["compression"] = args.compression
-        if cfg.stream.protocol != "btomo" and source.dtype.kind != "u":
-            raise UserError(f"DECTRIS streams carry unsigned integer frames; {args.source} holds {source.dtype}")
-        result = replay(source, cfg.stream, to=cfg.stream.source, protocol=cfg.stream.protocol, rate=rate,
-                        dose_e_per_A2=cfg.acquisition.dose_e_per_A2, reporter=_reporter(args.no_progress),
-                        encoder_options=options)
+        try:
+            result = replay(source, cfg.stream, to=cfg.stream.source, protocol=cfg.stream.protocol, rate=rate,
+                            dose_e_per_A2=cfg.acquisition.dose_e_per_A2, reporter=_reporter(args.no_progress),
+                            encoder_options=options)
+        except ValueError as exc:  # what the protocol cannot carry (signed frames as DECTRIS v1, ...)
+            raise UserError(f"{args.source}: {exc}") from None
     print(f"sent {result.frames} frames ({result.bytes / 1e6:.1f} MB) in {result.seconds:.2f} s "
           f"({result.fps:.1f} frames/s) as {cfg.stream.protocol} on {cfg.stream.source}"
           + (f"; {result.late_frames} frames left more than a frame period late" if result.late_frames else ""))

@@ -318,7 +318,8 @@ class StreamConfig:
         0.3 instead of 0.5 GB/s with 2 GiB here) and only delays the backpressure.
     max_shape : (int, int)
         Largest frame (rows, columns) a message may declare, px; larger ones are rejected before
-        anything is allocated for them, and ZeroMQ refuses any part larger than such a frame.
+        anything is allocated for them, and ZeroMQ refuses any part larger than such a frame in
+        float64 plus 1 MiB.
     socket_hwm : int
         ZeroMQ high-water mark of the receiving socket, messages (bounds what libzmq buffers).
     side_channel : str

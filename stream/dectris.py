@@ -135,8 +135,8 @@ def _h5_blocks(buf: memoryview, block_bytes: int, span: int, out: bytearray, wha
     return pos
 
 
-def bslz4_decompress(blob: Any, nbytes: int, itemsize: int) -> bytearray:
-    """Inverse of :func:`bslz4_compress`: ``nbytes`` decoded bytes, or :class:`Malformed`.
+def bslz4_decompress(blob: Any, nbytes: int, itemsize: int) -> Any:
+    """Inverse of :func:`bslz4_compress`: a buffer of ``nbytes`` decoded bytes, or :class:`Malformed`.
 
     The framing is checked first (declared size, block size, room for the blocks); each LZ4
     block is decoded with a bounds-checked decoder into its slot, then the whole buffer is
@@ -158,7 +158,7 @@ def bslz4_decompress(blob: Any, nbytes: int, itemsize: int) -> bytearray:
                                            f"got {buf.nbytes - pos}")
     out[nbytes - leftover :] = buf[pos:]
     arr = np.frombuffer(out, dtype=f"u{itemsize}")
-    return bytearray(bitshuffle.bitunshuffle(arr, block_bytes // itemsize).tobytes()) if n else out
+    return bitshuffle.bitunshuffle(arr, block_bytes // itemsize) if n else out
 
 
 def lz4h5_compress(data: np.ndarray, block_bytes: int = 1 << 20) -> bytes:
@@ -206,16 +206,16 @@ _V1_TOP = ("dheader-1.0", "dimage-1.0", "dseries_end-1.0")
 _V1_HEADER_PARTS = {"none": 1, "basic": 2, "all": 8}
 
 
-def _htype(part: Any) -> str | None:
-    """The htype of a JSON part, or None for a part that is not a JSON object with one."""
+def _head(part: Any) -> dict[str, Any] | None:
+    """A part as a JSON object with a string ``htype``, or None for any other part."""
     buf = memoryview(part)
-    if buf.nbytes == 0 or buf.nbytes > 1 << 16 or bytes(buf[:1]) != b"{":
-        return None
+    if buf.nbytes == 0 or bytes(buf[:1]) != b"{":
+        return None  # a blob: not worth parsing
     try:
-        h = json.loads(buf.tobytes())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        h = parse_json(buf)
+    except Malformed:
         return None
-    return h.get("htype") if isinstance(h, dict) and isinstance(h.get("htype"), str) else None
+    return h if isinstance(h.get("htype"), str) else None
 
 
 def _v1_series(h: Mapping[str, Any]) -> str:
@@ -237,13 +237,15 @@ class Stream1Decoder:
     def __init__(self, *, max_shape: tuple[int, int]):
         self.max_shape = max_shape
         self._pending: list[Any] = []
+        self._group_head: dict[str, Any] = {}
 
     def decode(self, parts: Sequence[Any]) -> list[SeriesStart | Frame | SeriesEnd | Malformed]:
         """Records of the groups this message completes; rejections come as :class:`Malformed` items."""
         if not parts:
             raise Malformed("wrong_part_count", "expected at least one part, got 0")
         out: list[SeriesStart | Frame | SeriesEnd | Malformed] = []
-        first = _htype(parts[0])
+        head = _head(parts[0])
+        first = head["htype"] if head is not None else None
         if self._pending and first in _V1_TOP:
             out.append(Malformed("wrong_part_count", f"a group of parts ended after {len(self._pending)} part(s); "
                                                      "expected more"))
@@ -252,6 +254,8 @@ class Stream1Decoder:
             out.append(Malformed("unexpected_part", "expected a dheader, dimage or dseries_end part, got "
                                                     f"{'htype ' + repr(first) if first else 'a non-JSON part'}"))
             return out
+        if not self._pending:
+            self._group_head = head  # the part that opens a group, parsed once
         self._pending.extend(parts)
         if len(self._pending) > self.max_parts:
             self._pending = []
@@ -277,7 +281,7 @@ class Stream1Decoder:
         return {"dimage-1.0": 4, "dseries_end-1.0": 1}[kind]
 
     def _try_group(self) -> list[SeriesStart | Frame | SeriesEnd]:
-        head = parse_json(self._pending[0], "dheader/dimage/dseries_end part")
+        head = self._group_head
         need = self._needed(head)
         if len(self._pending) < need:
             return []  # the rest comes in the next message(s)
@@ -363,7 +367,7 @@ class Stream1Encoder:
     ----------
     series : str
         Series id; v1 numbers series, so a non-numeric id is mapped to a number.
-    encoding : {"bslz4", "lz4", "raw"}
+    compression : {"bslz4", "lz4", "none"}
         Image encoding (``bs<N>-lz4<``, ``lz4<``, ``<``).
     header_detail : {"basic", "none", "all"}
     """
@@ -371,7 +375,7 @@ class Stream1Encoder:
     protocol = "dectris1"
 
     def __init__(self, series: str, *, shape: tuple[int, int], dtype: Any, pixel_size_A: float, fps: float,
-                 n_frames: int | None = None, encoding: str = "bslz4", header_detail: str = "basic"):
+                 n_frames: int | None = None, compression: str = "bslz4", header_detail: str = "basic"):
         self.series = int(series) if str(series).isdigit() else zlib.crc32(str(series).encode()) & 0x7FFFFFFF
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
@@ -379,10 +383,10 @@ class Stream1Encoder:
             raise ValueError(f"DECTRIS streams carry unsigned integer frames, got {self.dtype}")
         self.fps = fps
         self.n_frames = n_frames
-        if encoding not in ("bslz4", "lz4", "raw") or header_detail not in _V1_HEADER_PARTS:
-            raise ValueError(f"expected encoding bslz4|lz4|raw and header_detail all|basic|none, "
-                             f"got {encoding!r}, {header_detail!r}")
-        self.encoding = encoding
+        if compression not in ("bslz4", "lz4", "none") or header_detail not in _V1_HEADER_PARTS:
+            raise ValueError(f"expected compression bslz4|lz4|none and header_detail all|basic|none, "
+                             f"got {compression!r}, {header_detail!r}")
+        self.encoding = compression
         self.header_detail = header_detail
         self._t0: int | None = None
 
@@ -396,12 +400,11 @@ class Stream1Encoder:
                 "nimages": self.n_frames or 0, "ntrigger": 1, "trigger_mode": "ints",
                 "x_pixels_in_detector": cols, "y_pixels_in_detector": rows, "roi_mode": "",
                 "bit_depth_image": 8 * self.dtype.itemsize, "bit_depth_readout": 8 * self.dtype.itemsize,
-                "compression": {"bslz4": "bslz4", "lz4": "lz4", "raw": "none"}[self.encoding],
+                "compression": self.encoding,
                 "data_collection_date": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                 "software_version": "btomo",
             }).encode())
         if self.header_detail == "all":
-            rows, cols = self.shape
             for htype, table in (("dflatfield-1.0", np.ones(self.shape, "<f4")),
                                  ("dpixelmask-1.0", np.zeros(self.shape, "<u4")),
                                  ("dcountrate_table-1.0", np.zeros((2, 1000), "<f4"))):
@@ -409,7 +412,8 @@ class Stream1Encoder:
                           table.tobytes()]
         return [parts]
 
-    def frame_messages(self, index: int, t_ns: int, data: np.ndarray) -> list[list[Any]]:
+    def frame_messages(self, index: int, t_ns: int, data: np.ndarray, wall_ns: int | None = None) -> list[list[Any]]:
+        """One image message (``wall_ns`` is not part of stream v1)."""
         data = np.ascontiguousarray(data, dtype=self.dtype.newbyteorder("<"))
         if self._t0 is None:
             self._t0 = int(t_ns)
@@ -619,7 +623,8 @@ class Stream2Encoder:
             "number_of_images": self.n_frames or 0,
         })]]
 
-    def frame_messages(self, index: int, t_ns: int, data: np.ndarray) -> list[list[Any]]:
+    def frame_messages(self, index: int, t_ns: int, data: np.ndarray, wall_ns: int | None = None) -> list[list[Any]]:
+        """One image message (``wall_ns`` is not part of stream v2)."""
         import cbor2  # noqa: PLC0415
 
         data = np.ascontiguousarray(data, dtype=self.dtype)

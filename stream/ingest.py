@@ -40,7 +40,7 @@ from .signals import handling_stop_signals
 log = logging.getLogger(__name__)
 
 __all__ = ["FrameQueue", "LatencyStats", "IngestCounters", "SeriesTracker", "Receiver", "Ingest",
-           "RateLimitedLog", "make_decoder", "is_loopback", "STOP"]
+           "RateLimitedLog", "make_decoder", "is_loopback", "free_tcp_address", "STOP"]
 
 STOP = object()  # the queue's end-of-stream marker
 
@@ -154,9 +154,9 @@ class IngestCounters:
         with self._lock:
             self.frames_dropped[reason] += n
 
-    def processed(self, frame: Frame, now_ns: int | None = None) -> None:
+    def processed(self, frame: Frame) -> None:
         """The consumer is done with ``frame``: count it and its latencies."""
-        now_ns = time.time_ns() if now_ns is None else now_ns
+        now_ns = time.time_ns()
         with self._lock:
             self.frames_processed += 1
             if frame.acq_wall_ns:
@@ -236,7 +236,7 @@ class SeriesTracker:
         self.window = window
         self.max_series = max_series
         self._series: collections.OrderedDict[str, _Series] = collections.OrderedDict()
-        self._seen: dict[str, collections.deque[int] | set[int]] = {}
+        self._seen: dict[str, set[int]] = {}
         self._retired_missing = 0
         counters.gaps = self.gaps
 
@@ -261,9 +261,6 @@ class SeriesTracker:
         if not s.ended:
             self.counters.series_incomplete += 1
 
-    def series(self, key: str) -> _Series | None:
-        return self._series.get(key)
-
     def start(self, ev: SeriesStart) -> None:
         old = self._series.get(ev.series)
         if old is not None and not old.ended:
@@ -286,8 +283,8 @@ class SeriesTracker:
                  f" of {ev.n_frames} sent" if ev.n_frames is not None else "")
         return True
 
-    def accept(self, f: Frame) -> bool:
-        """Check ``f``'s index against its series; False for a duplicate (to be dropped)."""
+    def accept(self, f: Frame) -> _Series | None:
+        """Check ``f``'s index against its series: the series, or None for a duplicate (dropped)."""
         s = self._series.get(f.series)
         if s is None:
             self.counters.series_joined_midway += 1
@@ -298,7 +295,7 @@ class SeriesTracker:
             self._series.move_to_end(f.series)
         seen = self._seen[f.series]
         if f.frame in seen:
-            return False
+            return None
         if s.unique == 0:
             s.first = s.last = f.frame
         elif f.frame < s.last:
@@ -317,7 +314,7 @@ class SeriesTracker:
             f.acq_wall_ns = f.t_ns + s.offset_ns
         else:
             f.acq_wall_ns = f.wall_ns
-        return True
+        return s
 
     def close(self) -> None:
         """At the end of a run: retire every series (those not ended count as incomplete)."""
@@ -420,8 +417,6 @@ class FrameQueue:
             self._cond.notify_all()
             return left
 
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,6 +435,15 @@ def make_decoder(protocol: str, max_shape: tuple[int, int]):
     if protocol == "dectris2":
         return Stream2Decoder(max_shape=max_shape)
     raise ValueError(f"expected protocol btomo, dectris1 or dectris2, got {protocol!r}")
+
+
+def free_tcp_address() -> str:
+    """``tcp://127.0.0.1:PORT`` with a port nobody listens on now (for demos, tests, benchmarks)."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def is_loopback(url: str) -> bool:
@@ -592,13 +596,14 @@ class Receiver:
         parts: list[zmq.Frame] = []
         total = 0
         keep = self.decoder.max_parts + 1
+        part = sock.recv(zmq.NOBLOCK, copy=False)  # zmq.Again: nothing waiting
         while True:
-            part = sock.recv(copy=False)
             total += 1
             if len(parts) < keep:
                 parts.append(part)
             if not part.more:
                 return parts, total
+            part = sock.recv(copy=False)  # the rest of a message is already here
 
     def _receive(self, sock: zmq.Socket) -> None:
         # take what is waiting, but come back to the loop regularly to see a stop request
@@ -629,8 +634,6 @@ class Receiver:
                     self._reject(rec)
                 else:
                     self._handle(rec)
-            if not sock.poll(0):
-                return
 
     def _reject(self, exc: Malformed) -> None:
         self.counters.malformed(exc.reason)
@@ -654,12 +657,13 @@ class Receiver:
         rec.received_ns = now
         self._last_frame = time.monotonic()
         self.counters.frames_received += 1
-        if not self.tracker.accept(rec):
+        series = self.tracker.accept(rec)
+        if series is None:
             self.counters.dropped("duplicate")
             self._rlog.warning("duplicate", "series %s: frame %d received again; the copy is dropped",
                                rec.series, rec.frame)
             return
-        start = self.tracker.series(rec.series).start
+        start = series.start
         if rec.pixel_size_A is None:
             rec.pixel_size_A = (start.pixel_size_A if start else None) or self.defaults.get("pixel_size_A")
         if rec.dose_e_per_A2 is None:
@@ -753,7 +757,6 @@ class Ingest:
                 raise KeyboardInterrupt
             log.warning("%s: stopping; writing everything accepted (send it again to stop at once)",
                         signal.Signals(signum).name)
-            self.receiver.stop_reason = "interrupted"
             self.stop("interrupted")
 
         with handling_stop_signals(handler):

@@ -141,8 +141,8 @@ class Frame:
     data : numpy array, (rows, columns)
         The frame, read-only; a view of the received message where no decoding was needed.
     wall_ns : int or None
-        Unix time at which the sender sent it, ns, when the sender says (btomo protocol);
-        the receiver uses it for the end-to-end latency.
+        Unix time of acquisition, ns, when the sender says (btomo protocol; a replay gives the
+        frame's scheduled time); the receiver uses it for the end-to-end latency.
     pixel_size_A, dose_e_per_A2 : float or None
         When the message says them.
     received_ns : int

@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import RunConfig, write_config
 from .messages import Frame, SeriesStart
+from .progress import NullReporter
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,8 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
     _announce(pipeline)
     ingest = Ingest(cfg, context=context)
     t0 = time.perf_counter()
-    if reporter is not None:
-        reporter.start(cfg.stream.max_frames or None, "live")
+    reporter = reporter or NullReporter()
+    reporter.start(cfg.stream.max_frames or None, "live")
 
     ingest.start()
     try:
@@ -153,13 +154,11 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
                 if isinstance(rec, Frame):
                     pipeline.process(rec)
                     ingest.counters.processed(rec)
-                    if reporter is not None:
-                        reporter.update(1)
+                    reporter.update(1)
                 elif isinstance(rec, SeriesStart):
                     pipeline.series_start(rec)
     finally:
-        if reporter is not None:
-            reporter.end()
+        reporter.end()
         ingest.close()
         summary = _summary(run_dir, cfg, ingest.counters.snapshot(), pipeline, time.perf_counter() - t0,
                            ingest.receiver.stop_reason or "stopped at once",
@@ -181,21 +180,19 @@ def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = N
     t0 = time.perf_counter()
     pipeline.series_start(SeriesStart(source.series, source.shape, source.dtype, source.pixel_size_A, source.fps,
                                       cfg.acquisition.dose_e_per_A2, len(source)))
-    if reporter is not None:
-        reporter.start(len(source), f"process {source.path.name}")
+    reporter = reporter or NullReporter()
+    reporter.start(len(source), f"process {source.path.name}")
     stop_reason = "end of source"
     try:
         for index, t_ns, data in source:
             pipeline.process(Frame(source.series, index, t_ns, data, pixel_size_A=source.pixel_size_A,
                                    dose_e_per_A2=cfg.acquisition.dose_e_per_A2))
-            if reporter is not None:
-                reporter.update(1)
+            reporter.update(1)
     except KeyboardInterrupt:
         stop_reason = "interrupted"
         raise
     finally:
-        if reporter is not None:
-            reporter.end()
+        reporter.end()
         summary = _summary(run_dir, cfg, {}, pipeline, time.perf_counter() - t0, stop_reason,
                            {"source": str(source.path), "source_kind": source.kind})
     return summary

@@ -26,6 +26,7 @@ import zmq
 from .config import RunConfig, write_config
 from .ingest import Ingest, RateLimitedLog
 from .messages import Frame, SeriesEnd, SeriesStart
+from .progress import NullReporter
 from .recording import RecordingError, RecordingWriter
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class Recorder:
             s = self.cfg.stream
             w = RecordingWriter(
                 path, shape=f.data.shape, dtype=f.data.dtype,
-                pixel_size_A=f.pixel_size_A or self.cfg.acquisition.pixel_size_A,
+                pixel_size_A=f.pixel_size_A,  # the receiver filled it from the series start or the config
                 fps=(start.fps if start and start.fps else None) or self.cfg.acquisition.fps,
                 codec=s.record_codec, block_frames=s.record_block_frames,
                 meta={"source": s.source, "protocol": s.protocol, "series": f.series, "written_by": "btomo record",
@@ -189,8 +190,8 @@ def record(cfg: RunConfig, out: str | Path, *, reporter: Any = None, context: zm
     ingest = Ingest(cfg, context=context)
     recorder = Recorder(out, cfg, ingest.counters)
     t0 = time.perf_counter()
-    if reporter is not None:
-        reporter.start(cfg.stream.max_frames or None, f"record {out.name}")
+    reporter = reporter or NullReporter()
+    reporter.start(cfg.stream.max_frames or None, f"record {out.name}")
 
     ingest.start()
     try:
@@ -198,15 +199,13 @@ def record(cfg: RunConfig, out: str | Path, *, reporter: Any = None, context: zm
             for rec in ingest.records():
                 if recorder.consume(rec):
                     ingest.counters.processed(rec)
-                    if reporter is not None:
-                        reporter.update(1)
+                    reporter.update(1)
     except BaseException as exc:  # a second signal, a full disk, a bug: keep every complete block
         ingest.close()
         recorder.abandon(ingest=ingest.counters.snapshot(), stop_reason=f"stopped at once ({type(exc).__name__})")
         raise
     finally:
-        if reporter is not None:
-            reporter.end()
+        reporter.end()
     ingest.close()
     counters = ingest.counters.snapshot()
     extra = {"series_not_listed": recorder.series_not_listed} if recorder.series_not_listed else {}

@@ -24,6 +24,7 @@ import zmq
 from .messages import SeriesStart
 from .progress import NullReporter
 from .sources import FrameSource
+from .wire import frame_message, series_end_message, series_start_message
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +71,14 @@ class BtomoEncoder:
                                  meta or {})
 
     def start_messages(self) -> list[list[Any]]:
-        from .wire import series_start_message  # noqa: PLC0415
-
         return [series_start_message(self.start)]
 
-    def frame_messages(self, index: int, t_ns: int, data: np.ndarray) -> list[list[Any]]:
-        from .wire import frame_message  # noqa: PLC0415
-
-        return [frame_message(self.series, index, t_ns, data, wall_ns=time.time_ns(),
+    def frame_messages(self, index: int, t_ns: int, data: np.ndarray, wall_ns: int | None = None) -> list[list[Any]]:
+        """``wall_ns``: Unix time of the frame's acquisition (its schedule), default now."""
+        return [frame_message(self.series, index, t_ns, data, wall_ns=wall_ns or time.time_ns(),
                               pixel_size_A=self.start.pixel_size_A, dose_e_per_A2=self.start.dose_e_per_A2)]
 
     def end_messages(self, n_frames: int) -> list[list[Any]]:
-        from .wire import series_end_message  # noqa: PLC0415
-
         return [series_end_message(self.series, n_frames)]
 
 
@@ -108,10 +104,14 @@ def send_messages(sock: zmq.Socket, messages: Iterable[list[Any]], stop: threadi
     """Send whole multipart messages without copying; wait (interruptibly) while PUSH is full."""
     nbytes = 0
     for parts in messages:
-        while not sock.poll(200, zmq.POLLOUT):
-            if stop is not None and stop.is_set():
-                raise InterruptedError("replay stopped")
-        sock.send_multipart(parts, copy=False)
+        while True:
+            try:
+                sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:  # no receiver yet, or its buffers are full: wait, but not deaf to stop
+                if stop is not None and stop.is_set():
+                    raise InterruptedError("replay stopped") from None
+                sock.poll(200, zmq.POLLOUT)
         nbytes += sum(memoryview(p).nbytes for p in parts)
     return nbytes
 
@@ -166,11 +166,15 @@ def replay(source: FrameSource, stream: Any, *, to: str, protocol: str = "btomo"
         t0_ns = int(source.t_ns[0]) if len(source) else 0
         period = 1.0 / source.fps
         t_first = time.perf_counter()
+        wall_first = time.time_ns()
         for index, t_ns, frame in source:
             if stop is not None and stop.is_set():
                 log.info("replay stopped after %d frames", sent)
                 break
+            wall_ns = None  # "acquired" now, at max speed
             if rate is not None:
+                # the frame is "acquired" on its schedule; a late send shows in the receiver's latency
+                wall_ns = wall_first + round((t_ns - t0_ns) / rate)
                 due = t_first + (t_ns - t0_ns) * 1e-9 / rate
                 wait = due - time.perf_counter()
                 if wait > 0:
@@ -178,7 +182,7 @@ def replay(source: FrameSource, stream: Any, *, to: str, protocol: str = "btomo"
                 else:
                     max_late = max(max_late, -wait)
                     late += -wait > period / rate
-            nbytes += send_messages(sock, encoder.frame_messages(index, t_ns, frame), stop)
+            nbytes += send_messages(sock, encoder.frame_messages(index, t_ns, frame, wall_ns), stop)
             sent += 1
             reporter.update(1)
         t_last = time.perf_counter()

@@ -86,8 +86,11 @@ class FrameSource:
         self.close()
 
 
+_WIRE_DTYPES = frozenset(d.str for d in DTYPES.values())
+
+
 def _wire_dtype(a: np.ndarray) -> np.ndarray:
-    if a.dtype.str in {d.str for d in DTYPES.values()}:
+    if a.dtype.str in _WIRE_DTYPES:
         return a
     if a.dtype.kind == "f":
         return a.astype("<f4")
@@ -143,7 +146,7 @@ def _stack(path: Path, kind: str, data: Any, *, pixel_file: float | None, fps_fi
 
 
 def open_source(path: str | Path, *, pixel_size_A: float | None = None, fps: float | None = None,
-                defaults: tuple[float, float] = (0.358, 400.0)) -> FrameSource:
+                defaults: tuple[float, float] | None = None) -> FrameSource:
     """Open a recording directory, ``.mrc``/``.mrcs``, ``.tif``/``.tiff`` or Zarr array or group.
 
     Parameters
@@ -152,9 +155,15 @@ def open_source(path: str | Path, *, pixel_size_A: float | None = None, fps: flo
     pixel_size_A, fps : float, optional
         Given by the user (``--pixel-size``, ``--fps``): used where the file has none, and over
         the file's value (with a warning) where they disagree.
-    defaults : (pixel_size_A, fps)
-        The configuration's values, for files that say nothing and a user who gave nothing.
+    defaults : (pixel_size_A, fps), optional
+        The configuration's values, for files that say nothing and a user who gave nothing
+        (default: those of :class:`~btomo.stream.config.AcquisitionConfig`).
     """
+    if defaults is None:
+        from .config import AcquisitionConfig  # noqa: PLC0415
+
+        acq = AcquisitionConfig()
+        defaults = (acq.pixel_size_A, acq.fps)
     p = Path(path)
     if not p.exists():
         raise SourceError(f"source not found: {p}")

@@ -8,8 +8,8 @@ Three messages, each a ZeroMQ multipart message whose first part is a UTF-8 JSON
     ``dose_e_per_A2``, ``n_frames``, ``meta`` (an object).
 ``frame`` (2 parts: header, frame bytes)
     ``series``, ``frame`` (acquisition index), ``t_ns`` (acquisition time, ns), ``shape``
-    [rows, columns], ``dtype`` (``uint16``, ...), and optionally ``wall_ns`` (Unix time of sending,
-    ns), ``pixel_size_A``, ``dose_e_per_A2``. The second part is the frame, C order,
+    [rows, columns], ``dtype`` (``uint16``, ...), and optionally ``wall_ns`` (Unix time of
+    acquisition, ns), ``pixel_size_A``, ``dose_e_per_A2``. The second part is the frame, C order,
     little-endian, exactly rows x columns x itemsize bytes.
 ``series_end`` (1 part)
     ``series``, and optionally ``n_frames`` (frames sent).

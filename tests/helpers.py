@@ -20,11 +20,9 @@ def small_config(**overrides) -> RunConfig:
 
 def free_address() -> str:
     """A tcp address on 127.0.0.1 with a port nobody listens on now."""
-    import socket  # noqa: PLC0415
+    from btomo.stream.ingest import free_tcp_address  # noqa: PLC0415
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    return free_tcp_address()
 
 
 def stream_config(**overrides) -> RunConfig:

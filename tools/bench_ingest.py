@@ -28,7 +28,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -40,9 +39,9 @@ SHAPE = (1920, 1728)
 
 
 def _free_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    from btomo.stream.ingest import free_tcp_address
+
+    return free_tcp_address()
 
 
 def _frames(n: int = 8) -> list[np.ndarray]:
@@ -65,6 +64,7 @@ def _sender(address: str, n: int, fps: float, result: "mp.Queue") -> None:
     period = 1.0 / fps if fps else 0.0
     late = 0.0
     t0 = time.perf_counter()
+    wall0 = time.time_ns()
     for i in range(n):
         if period:
             wait = t0 + i * period - time.perf_counter()
@@ -72,7 +72,9 @@ def _sender(address: str, n: int, fps: float, result: "mp.Queue") -> None:
                 time.sleep(wait)
             else:
                 late = max(late, -wait)
-        t = time.time_ns()
+            t = wall0 + round(i * period * 1e9)  # acquired on schedule: lateness counts as latency
+        else:
+            t = time.time_ns()
         sock.send_multipart(frame_message("bench", i, t, frames[i % len(frames)], wall_ns=t), copy=False)
     sock.send_multipart(series_end_message("bench", n))
     result.put({"seconds": time.perf_counter() - t0, "max_late_s": late})

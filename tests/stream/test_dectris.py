@@ -80,12 +80,12 @@ def _run(cfg, messages):
     return records, ingest.counters.snapshot()
 
 
-@pytest.mark.parametrize("encoding", ["bslz4", "lz4", "raw"])
+@pytest.mark.parametrize("compression", ["bslz4", "lz4", "none"])
 @pytest.mark.parametrize("header_detail", ["all", "basic", "none"])
-def test_stream_v1_series_over_a_socket(encoding, header_detail):
+def test_stream_v1_series_over_a_socket(compression, header_detail):
     n = 4
     enc = Stream1Encoder("12", shape=(40, 56), dtype="<u2", pixel_size_A=0.4, fps=400.0, n_frames=n,
-                         encoding=encoding, header_detail=header_detail)
+                         compression=compression, header_detail=header_detail)
     msgs = enc.start_messages()
     for i in range(n):
         msgs += enc.frame_messages(i, 1_000_000 + i * 2_500_000, _img(i))
@@ -120,7 +120,7 @@ def test_stream_v1_header_split_over_messages_and_appendices():
 
 
 def test_stream_v1_bad_parts_are_counted_and_valid_images_all_arrive():
-    enc = Stream1Encoder("5", shape=(40, 56), dtype="<u2", pixel_size_A=1, fps=400.0, encoding="bslz4")
+    enc = Stream1Encoder("5", shape=(40, 56), dtype="<u2", pixel_size_A=1, fps=400.0, compression="bslz4")
     good = [enc.frame_messages(i, i, _img(i))[0] for i in range(12)]
     h, d, blob, cfgpart = good[0]
     dd = json.loads(d)
