@@ -360,6 +360,11 @@ class Stream1Decoder:
         raise Malformed("unknown_encoding", f"expected encoding '<', 'lz4<' or 'bs<N>-lz4<', got {show(encoding)}")
 
 
+def _series_number(series: str) -> int:
+    """DECTRIS numbers series: a numeric id as it is, any other mapped to a stable number."""
+    return int(series) if str(series).isdigit() else zlib.crc32(str(series).encode()) & 0x7FFFFFFF
+
+
 class Stream1Encoder:
     """Messages of DECTRIS stream v1 for one series (``btomo replay --protocol dectris1``).
 
@@ -376,7 +381,7 @@ class Stream1Encoder:
 
     def __init__(self, series: str, *, shape: tuple[int, int], dtype: Any, pixel_size_A: float, fps: float,
                  n_frames: int | None = None, compression: str = "bslz4", header_detail: str = "basic"):
-        self.series = int(series) if str(series).isdigit() else zlib.crc32(str(series).encode()) & 0x7FFFFFFF
+        self.series = _series_number(series)
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "u":
@@ -592,7 +597,7 @@ class Stream2Encoder:
 
     def __init__(self, series: str, *, shape: tuple[int, int], dtype: Any, pixel_size_A: float, fps: float,
                  n_frames: int | None = None, compression: str = "bslz4"):
-        self.series_id = int(series) if str(series).isdigit() else zlib.crc32(str(series).encode()) & 0x7FFFFFFF
+        self.series_id = _series_number(series)
         self.unique = f"btomo-{series}-{uuid.uuid4().hex[:12]}"
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype).newbyteorder("<")

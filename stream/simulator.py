@@ -40,7 +40,6 @@ import multiprocessing as mp
 import os
 import signal
 import time
-import zlib
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -64,7 +63,7 @@ from btomo.kernels.rotation import quat_from_rotvec, quat_multiply, quat_to_matr
 
 from .config import RunConfig, write_config
 from .progress import NullReporter, Reporter
-from .recording import RecordingWriter, encode_frame
+from .recording import RecordingWriter, crc32, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -664,8 +663,8 @@ def _render_chunk(frames: list[int]) -> list[tuple]:
         clean = None
         if lam is not None:
             cdata = encode_frame(lam, _WORKER["codec"])
-            clean = (cdata, zlib.crc32(cdata))
-        out.append((f, data, zlib.crc32(data), float(counts.mean()), clean))
+            clean = (cdata, crc32(cdata))
+        out.append((f, data, crc32(data), float(counts.mean()), clean))
     return out
 
 
