@@ -24,6 +24,7 @@ Record what it prints in docs/benchmarks.md with the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import platform
@@ -117,7 +118,10 @@ def _ingest_run(n: int, fps: float, idle_s: float = 5.0) -> dict:
             "sender": sender}
 
 
-def _raw_run(n: int) -> dict:
+@contextlib.contextmanager
+def _plain_pull(n: int):
+    """A plain pyzmq PULL with a sender process of n frames: yields the socket after the series
+    start; afterwards takes the series end and cleans up."""
     address = _free_address()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
@@ -125,19 +129,26 @@ def _raw_run(n: int) -> dict:
     sock.connect(address)
     proc, q = _start_sender(address, n, 0)
     sock.recv_multipart()  # series start
-    t0 = time.perf_counter()
-    nbytes = 0
-    for i in range(n):
-        parts = sock.recv_multipart(copy=False)
-        if i == 0:
-            t0 = time.perf_counter()
-        nbytes += len(parts[1])
-    dt = time.perf_counter() - t0
-    sock.recv_multipart()  # series end
-    q.get(timeout=60)
-    proc.join(30)
-    sock.close(0)
-    ctx.term()
+    try:
+        yield sock
+        sock.recv_multipart()  # series end
+        q.get(timeout=60)
+        proc.join(30)
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def _raw_run(n: int) -> dict:
+    with _plain_pull(n) as sock:
+        t0 = time.perf_counter()
+        nbytes = 0
+        for i in range(n):
+            parts = sock.recv_multipart(copy=False)
+            if i == 0:
+                t0 = time.perf_counter()
+            nbytes += len(parts[1])
+        dt = time.perf_counter() - t0
     return {"frames": n, "seconds": dt, "bytes": nbytes}
 
 
@@ -251,20 +262,9 @@ def bench_recorder(n: int, directory: Path) -> None:
 
     def raw_socket_write() -> float:
         """The plainest receive-and-write: pyzmq PULL + ``file.write`` + fsync every 64 MiB."""
-        address = _free_address()
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.RCVHWM, 64)
-        sock.connect(address)
-        proc, q = _start_sender(address, n, 0)
-        sock.recv_multipart()  # series start
-        received = (sock.recv_multipart(copy=False)[1].buffer for _ in range(n))
-        dt = write_all(directory / "raw-socket.bin", received)
-        sock.recv_multipart()
-        q.get(timeout=60)
-        proc.join(30)
-        sock.close(0)
-        ctx.term()
+        with _plain_pull(n) as sock:
+            received = (sock.recv_multipart(copy=False)[1].buffer for _ in range(n))
+            dt = write_all(directory / "raw-socket.bin", received)
         return nbytes * (n - 1) / n / dt
 
     rows = []
