@@ -408,11 +408,65 @@ class FrameConfig:
         Low-pass cutoff for tracking, A (paper: 2.3).
     snr_window : int
         Frames in the sliding window of the adjacent-frame SNR.
+    particle_diameter_nm : float
+        Expected projected diameter before one is measured, nm (sizes the detection filter and
+        the score's mask until the particle's own diameter is known).
+    max_particles : int
+        Particles tracked at once at most.
+    detect_bin : int
+        Binning of the full frame for detection (8 x 0.358 A = 2.9 A px: the low-pass).
+    detect_stride, detect_frames, detect_every : int
+        Every ``detect_stride``-th frame is binned; ``detect_frames`` binned frames are averaged;
+        detection runs every ``detect_every`` frames.
+    detect_snr : float
+        Detection threshold (robust z-score of the blob filter).
+    track_diffusion_A2_s : float
+        Lateral diffusion coefficient the tracking filter assumes, A^2/s.
+    lost_frames : int
+        Consecutive frames without a particle signal after which a track goes dormant.
+    reacquire_nm : float
+        A new detection within this distance of a dormant track revives its id, nm.
+    track_memory_s : float
+        How long a dormant track is remembered, s.
+    lattice_threshold : float
+        Fixed lattice threshold on the fringe modulation (0: Otsu on the running histogram).
+    lattice_threshold_initial : float
+        Threshold used until the running histogram is bimodal (fringe modulation).
+    otsu_min_frames : int
+        Scores needed before Otsu's threshold is used.
+    otsu_min_separability : float
+        Otsu's effectiveness (between-class over total variance) needed to trust a new threshold
+        (one Gaussian mode gives 2/pi = 0.64; the simulated runs' two modes 0.8).
+    otsu_halflife_s : float
+        Half-life of the running histogram, s (old scores fade so the threshold follows the run).
+    domain_mask_bins : float
+        Radius of the Fourier mask around a lattice peak for the domain image, bins (0: twice
+        the box over the particle's diameter).
+    write_every_s : float
+        ``frames.csv`` is flushed at least this often, s.
     """
 
     box_px: int = 160
     tracking_lowpass_A: float = 2.3
     snr_window: int = 50
+    particle_diameter_nm: float = 2.0
+    max_particles: int = 8
+    detect_bin: int = 8
+    detect_stride: int = 2
+    detect_frames: int = 16
+    detect_every: int = 32
+    detect_snr: float = 5.0
+    track_diffusion_A2_s: float = 100.0
+    lost_frames: int = 40
+    reacquire_nm: float = 10.0
+    track_memory_s: float = 10.0
+    lattice_threshold: float = 0.0
+    lattice_threshold_initial: float = 0.1
+    otsu_min_frames: int = 400
+    otsu_min_separability: float = 0.7
+    otsu_halflife_s: float = 10.0
+    domain_mask_bins: float = 0.0
+    write_every_s: float = 1.0
 
     def validate(self) -> None:
         if self.box_px < 16 or self.box_px % 2:
@@ -420,6 +474,17 @@ class FrameConfig:
         _positive("frames.tracking_lowpass_A", self.tracking_lowpass_A)
         if self.snr_window < 2:
             raise ConfigError(f"frames.snr_window must be >= 2, got {self.snr_window}")
+        for name in ("particle_diameter_nm", "track_diffusion_A2_s", "reacquire_nm", "track_memory_s",
+                     "lattice_threshold_initial", "otsu_halflife_s", "write_every_s", "detect_snr"):
+            _positive(f"frames.{name}", getattr(self, name))
+        for name in ("lattice_threshold", "domain_mask_bins"):
+            _positive(f"frames.{name}", getattr(self, name), allow_zero=True)
+        for name in ("max_particles", "detect_bin", "detect_stride", "detect_frames", "detect_every",
+                     "lost_frames", "otsu_min_frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"frames.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.otsu_min_separability <= 1:
+            raise ConfigError(f"frames.otsu_min_separability must be in [0, 1], got {self.otsu_min_separability}")
 
 
 @dataclass

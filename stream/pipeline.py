@@ -6,9 +6,10 @@ recording or stack (:mod:`.sources`) without sockets; both hand the same
 give the same results. A pipeline is a list of stages (house style: small classes with
 ``prepare(series)``, ``process(frame)`` and ``finish()``), run in order on every frame.
 
-The per-frame stages (tracking, lattice score, windows, ...) come with the following issues;
-until then the pipeline counts frames and measures latency, and ``summary.json`` says which
-stages ran.
+The stages by default (:func:`default_stages`): the per-frame analysis
+(:class:`~btomo.stream.frames.FrameAnalysis`: tracking, lattice score, diameter, orientation,
+SNR, into ``frames.csv``). Windows and reconstruction come with their issues; ``summary.json``
+says which stages ran.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from .progress import NullReporter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Stage", "Pipeline", "run_live", "run_process", "versions"]
+__all__ = ["Stage", "Pipeline", "default_stages", "run_live", "run_process", "versions"]
 
 
 class Stage(Protocol):
@@ -38,6 +39,13 @@ class Stage(Protocol):
     def prepare(self, series: SeriesStart) -> None: ...
     def process(self, frame: Frame) -> None: ...
     def finish(self) -> dict[str, Any]: ...
+
+
+def default_stages(cfg: RunConfig, run_dir: Path | None) -> tuple[Stage, ...]:
+    """The stages ``btomo live`` and ``btomo process`` run, in order."""
+    from .frames import FrameAnalysis  # noqa: PLC0415
+
+    return (FrameAnalysis(cfg, run_dir),)
 
 
 def versions() -> dict[str, str]:
@@ -100,7 +108,7 @@ def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: 
         "frame_gaps": counters.get("frame_gaps", 0),
         "messages_malformed": counters.get("messages_malformed", {}),
         # filled by the stages that compute them; null while those stages are not built
-        "lattice_frames": None,
+        "lattice_frames": _stage_value(pipeline, "frames", "lattice_frames"),
         "windows_closed": None,
         "reconstructions_done": None,
         "wall_seconds": seconds,
@@ -119,6 +127,13 @@ def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: 
     return summary
 
 
+def _stage_value(pipeline: Pipeline, stage: str, key: str) -> Any:
+    for s in pipeline.stages:
+        if s.name == stage and hasattr(s, "counters"):
+            return s.counters().get(key)
+    return None
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
@@ -129,18 +144,21 @@ def _json_default(o: Any) -> Any:
 
 def _announce(pipeline: Pipeline) -> None:
     if not pipeline.stages:
-        log.warning("per-frame analysis (tracking, lattice score, windows) is not built yet (issue 4): frames are "
-                    "received, checked and counted only; no frames.csv is written")
+        log.warning("no stages: frames are received, checked and counted only; no frames.csv is written")
+    else:
+        log.info("stages: %s (windows and reconstruction are not built yet)", ", ".join(s.name for s in pipeline.stages))
 
 
 def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: Any = None,
-             stages: tuple[Stage, ...] = ()) -> dict[str, Any]:
-    """Receive ``cfg.stream`` and run the pipeline on it until a stop; write ``summary.json``."""
+             stages: tuple[Stage, ...] | None = None) -> dict[str, Any]:
+    """Receive ``cfg.stream`` and run the pipeline on it until a stop; write ``summary.json``.
+
+    ``stages`` default to :func:`default_stages` (``()`` runs none: ingest only)."""
     from .ingest import Ingest  # noqa: PLC0415
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
-    pipeline = Pipeline(cfg, stages)
+    pipeline = Pipeline(cfg, default_stages(cfg, run_dir) if stages is None else stages)
     _announce(pipeline)
     ingest = Ingest(cfg, context=context)
     t0 = time.perf_counter()
@@ -169,13 +187,14 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
 
 
 def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = None,
-                stages: tuple[Stage, ...] = ()) -> dict[str, Any]:
-    """Run the pipeline on every frame of a :class:`~btomo.stream.sources.FrameSource`."""
+                stages: tuple[Stage, ...] | None = None) -> dict[str, Any]:
+    """Run the pipeline on every frame of a :class:`~btomo.stream.sources.FrameSource`
+    (``stages`` as in :func:`run_live`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.acquisition.pixel_size_A = source.pixel_size_A
     cfg.acquisition.fps = source.fps
     write_config(cfg, run_dir)
-    pipeline = Pipeline(cfg, stages)
+    pipeline = Pipeline(cfg, default_stages(cfg, run_dir) if stages is None else stages)
     _announce(pipeline)
     t0 = time.perf_counter()
     pipeline.series_start(SeriesStart(source.series, source.shape, source.dtype, source.pixel_size_A, source.fps,

@@ -57,6 +57,7 @@ from btomo.kernels.crystal import (
     plane_normals,
     zone_axes,
 )
+from btomo.kernels.frames import fringe_truth
 from btomo.kernels.optics import ObjectiveLens, electron_wavelength, interaction_constant, spatial_envelope
 from btomo.kernels.potential import projected_potential
 from btomo.kernels.rotation import quat_from_rotvec, quat_multiply, quat_to_matrix, random_quaternion
@@ -398,6 +399,7 @@ class FrameRenderer:
     def __init__(self, cfg: RunConfig, tracks: list[ParticleTrack]):
         self.cfg = cfg
         self.tracks = tracks
+        self.lattice_truth: list[tuple[float, float, float]] = []  # of the last rendered frame, per particle
         acq, mic, s = cfg.acquisition, cfg.microscope, cfg.sample
         self.shape = tuple(acq.shape)
         self.pix = acq.pixel_size_A
@@ -578,6 +580,7 @@ class FrameRenderer:
         (Poisson); the rest keeps the bank's counts. The counts do not depend on ``want_clean``.
         """
         rng = np.random.default_rng([self.cfg.simulate.seed, 1, frame])
+        self.lattice_truth = []
         counts, lam = self._background(rng, want_lam=True)
         b = self.bank
         squares: list[tuple[slice, slice, np.ndarray]] = []
@@ -606,6 +609,7 @@ class FrameRenderer:
             ox, oy = track.origin_px[frame]
             sy, sx, ly, lx = self._square(ox, oy, self.patch)
             if sy is None:
+                self.lattice_truth.append((math.nan, math.nan, math.nan))
                 continue
             lab = track.lab_atoms(frame)
             n = self.patch
@@ -615,6 +619,9 @@ class FrameRenderer:
             defocus = self.cfg.microscope.defocus_A + float(track.z_A[frame])
             particle = self.intensity((n, n), yx, 0.0, defocus, rng)
             lam[sy, sx] *= 1.0 + self.weight[ly, lx] * (particle[ly, lx] - 1.0)
+            area = math.pi * (5.0 * projected_diameter_nm(lab) / self.pix) ** 2
+            self.lattice_truth.append(fringe_truth(particle, self.cfg.frames.box_px, self.pix, area,
+                                                   self.cfg.sample.lattice_A))
         # count the squares afresh (a particle's patch lies inside its water square)
         region = lam[y0:y1, x0:x1]
         np.maximum(region, 0.0, out=region)
@@ -664,7 +671,7 @@ def _render_chunk(frames: list[int]) -> list[tuple]:
         if lam is not None:
             cdata = encode_frame(lam, _WORKER["codec"])
             clean = (cdata, crc32(cdata))
-        out.append((f, data, crc32(data), float(counts.mean()), clean))
+        out.append((f, data, crc32(data), float(counts.mean()), clean, list(r.lattice_truth)))
     return out
 
 
@@ -794,6 +801,19 @@ def _write_truth(cfg: RunConfig, tracks: list[ParticleTrack], out: Path) -> list
     return [v / n_frames for v in visible]
 
 
+LATTICE_TRUTH_COLUMNS = ["frame", "particle", "fringe_modulation", "fringe_angle_deg", "fringe_d_A"]
+
+
+def _write_lattice_truth(truth: Path, rows: list[tuple]) -> None:
+    """``truth/lattice.csv``: the lattice signal of each particle's noise-free image, per frame
+    (:func:`btomo.kernels.frames.fringe_truth`; written once rendering is done)."""
+    with _atomic(truth / "lattice.csv") as tmp, open(tmp, "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(LATTICE_TRUTH_COLUMNS)
+        for f, p, m, ang, d in rows:
+            wr.writerow([f, p, f"{m:.6g}", f"{ang:.4f}", f"{d:.5f}"])
+
+
 def simulate(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> SimulationResult:
     """Write a synthetic recording with its ground truth into ``out`` (see ``docs/recording.md``).
 
@@ -831,11 +851,13 @@ def simulate(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) 
     chunk = max(1, min(16, n_frames // (4 * workers) or 1))
     chunks = [list(range(i, min(i + chunk, n_frames))) for i in range(0, n_frames, chunk)]
     mean_counts = 0.0
+    lattice_rows: list[tuple] = []
     reporter.start(n_frames, "simulate")
     log.info("simulating %d frames of %dx%d on %d worker(s)", n_frames, *cfg.acquisition.shape, workers)
     try:
         for batch in _rendered(cfg, tracks, chunks, workers):
-            for f, data, crc, mean, clean in batch:
+            for f, data, crc, mean, clean, lattice in batch:
+                lattice_rows.extend((f, p, *v) for p, v in enumerate(lattice))
                 t_ns = round(f * 1e9 / cfg.acquisition.fps)
                 writer.append_encoded(data, crc, frame_index=f, t_ns=t_ns)
                 if clean_writer is not None and clean is not None:
@@ -843,6 +865,7 @@ def simulate(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) 
                 mean_counts += mean / n_frames
                 reporter.update(1)
         writer.close(frames_expected=n_frames)
+        _write_lattice_truth(out / "truth", lattice_rows)
         if clean_writer is not None:
             clean_writer.close()
     except BaseException:

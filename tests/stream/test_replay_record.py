@@ -172,8 +172,10 @@ def test_interrupted_record_writes_everything_it_accepted(sim, tmp_path):
 
 def test_live_and_process_write_a_run_directory(sim, tmp_path):
     address = free_address()
+    # the fixture's particle is small (1.5 nm) in a small frame: tell the detector
+    small = ("--set", "frames.particle_diameter_nm=1.5", "--set", "frames.detect_snr=4")
     live = _btomo("live", "--source", address, "--run-dir", str(tmp_path / "live"), "--max-frames", "48",
-                  "--no-dashboard", "--set", f"stream.side_channel={free_address()}")
+                  "--no-dashboard", "--set", f"stream.side_channel={free_address()}", *small)
     # live stops at its 48th frame, maybe before the series end reached it: the replay need not
     # wait the default 60 s for a receiver to take it
     rep = _btomo("replay", str(sim), "--to", address, "--rate", "max", "--no-progress", "--set", "stream.linger_s=2")
@@ -184,10 +186,15 @@ def test_live_and_process_write_a_run_directory(sim, tmp_path):
     assert summary["frames_received"] == summary["frames_processed"] == 48
     assert summary["frames_dropped"] == {} and summary["frame_gaps"] == 0 and summary["stop_reason"] == "max frames"
     assert summary["versions"]["pyzmq"] and (tmp_path / "live" / "config.toml").exists()
-    assert "not built yet (issue 4)" in (tmp_path / "live" / "btomo.log").read_text()
+    assert "stages: frames" in (tmp_path / "live" / "btomo.log").read_text()
 
-    proc = _btomo("process", str(sim), "--run-dir", str(tmp_path / "proc"), "--no-progress")
+    proc = _btomo("process", str(sim), "--run-dir", str(tmp_path / "proc"), "--no-progress", *small)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     summary = json.loads((tmp_path / "proc" / "summary.json").read_text())
     assert summary["frames_processed"] == 48 and summary["source_kind"] == "recording"
+    # the same frames through the same stages: the same table, row for row
+    live_rows = (tmp_path / "live" / "frames.csv").read_text()
+    assert live_rows.count("\n") > 2, "the particle was never tracked"
+    assert live_rows == (tmp_path / "proc" / "frames.csv").read_text()
+    assert summary["lattice_frames"] is not None

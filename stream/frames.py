@@ -1,0 +1,512 @@
+"""The per-frame analysis stage: tracking, lattice score, domain centre, diameter, orientation, SNR.
+
+This is the paper's pre-processing and "2D image analysis" (Methods), run on every frame as it
+arrives. For each tracked particle (:mod:`btomo.stream.tracking`) a ``box_px`` crop is cut at
+the predicted centre, and one pass over it gives (kernels in :mod:`btomo.kernels.frames`):
+
+1. **Position**: the crop's darkness at the particle's size (low-passed well below 2.3 A) and
+   its local energy in the 1.2-3.3 A band (atoms scatter there whether the lattice shows or not)
+   are z-scored and added; the maximum near the prediction, refined by a centre of mass at full
+   resolution, is the measurement. A Kalman filter on a random walk smooths it.
+2. **Lattice score** ``fft_peak``: the crop, minus its mean and inside a soft disc a little larger
+   than the particle, is Fourier transformed; the strongest peak in the Pt band {111}..{220}
+   (3x3 bins, noise floor removed) gives the fringe modulation ``m`` (0-1, comparable across
+   particles and doses: :mod:`btomo.kernels.frames`).
+3. **Decision** ``lattice``: ``m`` above Otsu's threshold of the running histogram of log ``m``
+   (all particles; it fades with a half-life so the threshold follows a run). Until the histogram
+   holds ``otsu_min_frames`` scores and is clearly bimodal, an initial threshold is used.
+4. On lattice frames: the **crystal domain** (inverse FFT of the peak and its Friedel mate),
+   bilateral-filtered and cut by Otsu: its centre of mass re-centres the particle (a second,
+   more precise measurement for the filter) and its area gives the **projected diameter**; the
+   peak's sub-bin position gives the **in-plane angle** and the **lattice parameter**.
+5. **Adjacent-frame SNR**: ``10 log10(p / (1 - p))`` with ``p`` the mean correlation of
+   consecutive crops (inside the disc) over the last ``snr_window`` frames.
+
+Rows go to ``frames.csv`` (``../shared/contracts.md``) through :class:`FramesTable`; the stage's
+counters feed ``summary.json`` and the dashboard. ``btomo live`` and ``btomo process`` run this
+same stage on the same :class:`~btomo.stream.messages.Frame` records, so they write the same table.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from btomo.kernels.frames import (
+    band_radii,
+    bilateral_filter,
+    crop_box,
+    domain_image,
+    fringe_modulation,
+    frequency_index,
+    gaussian_transfer,
+    lattice_parameter,
+    lattice_peak,
+    masked_correlation,
+    otsu_threshold,
+    peak_pair_mask,
+    soft_disc,
+    weighted_centroid,
+)
+from btomo.kernels.xp import array_namespace, fft_module
+
+from .config import RunConfig
+from .messages import Frame, SeriesStart
+from .tracking import Detector, Track, Tracker
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FRAME_COLUMNS", "LatticeThreshold", "CropAnalyzer", "CropResult", "FramesTable", "FrameAnalysis"]
+
+#: columns of frames.csv: the contract's first, then ours
+FRAME_COLUMNS = [
+    "frame", "t_s", "particle", "x_px", "y_px", "fft_peak", "lattice", "diameter_nm", "window",
+    "lattice_threshold", "angle_deg", "lattice_A", "reflection", "snr_db", "position_z", "presence", "diameter_frame_nm",
+]
+
+#: ``diameter_nm`` is the median of the particle's last this many single-frame diameters (one frame's
+#: domain is noisy; the particle changes over seconds); ``diameter_frame_nm`` is the frame's own
+DIAMETER_MEDIAN_OF = 25
+
+
+class LatticeThreshold:
+    """Online Otsu threshold on the running histogram of log10 fringe modulation.
+
+    Parameters
+    ----------
+    initial : float
+        Threshold (fringe modulation) until the histogram can be trusted.
+    fixed : float
+        A fixed threshold (> 0) instead of Otsu's.
+    min_frames : int
+        Scores needed before Otsu's threshold replaces the initial one.
+    min_separability : float
+        Otsu's effectiveness needed to accept a new threshold (a unimodal histogram, e.g. the
+        first second of a run in which no lattice showed, keeps the previous threshold).
+    halflife : float
+        Half-life of the histogram's counts, in scores.
+    """
+
+    LOG_RANGE = (-3.0, 0.3)
+    BINS = 200
+    UPDATE_EVERY = 50
+
+    def __init__(self, initial: float, *, fixed: float = 0.0, min_frames: int = 400,
+                 min_separability: float = 0.7, halflife: float = 4000.0):
+        self.value = fixed if fixed > 0 else initial
+        self.fixed = fixed > 0
+        self.min_frames = min_frames
+        self.min_separability = min_separability
+        self.decay = 0.5 ** (self.UPDATE_EVERY / max(halflife, 1.0))
+        self.edges = np.linspace(*self.LOG_RANGE, self.BINS + 1)
+        self.hist = np.zeros(self.BINS)
+        self.seen = 0
+        self.separability = 0.0
+        self.source = "fixed" if self.fixed else "initial"
+
+    def add(self, m: float) -> None:
+        lm = math.log10(max(m, 10 ** self.LOG_RANGE[0]))
+        i = min(max(int((lm - self.LOG_RANGE[0]) / (self.LOG_RANGE[1] - self.LOG_RANGE[0]) * self.BINS), 0),
+                self.BINS - 1)
+        self.hist[i] += 1.0
+        self.seen += 1
+        if self.fixed or self.seen % self.UPDATE_EVERY:
+            return
+        if self.seen >= self.min_frames:
+            t, eta = otsu_threshold(hist=self.hist, edges=self.edges)
+            self.separability = eta
+            if eta >= self.min_separability:
+                if self.source != "otsu":
+                    log.info("lattice threshold from Otsu after %d scores: %.3f (separability %.2f)",
+                             self.seen, 10**t, eta)
+                self.value, self.source = 10**t, "otsu"
+        self.hist *= self.decay
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"threshold": self.value, "source": self.source, "separability": self.separability,
+                "scores": self.seen}
+
+
+@dataclass
+class CropResult:
+    """What one crop of one particle gave (full-frame px unless named otherwise)."""
+
+    x_meas: float
+    y_meas: float
+    position_z: float
+    presence: float
+    m: float
+    ratio: float
+    angle_deg: float
+    lattice_A: float
+    reflection: str
+    domain_x: float = math.nan
+    domain_y: float = math.nan
+    diameter_px: float = math.nan
+    lattice: bool = False
+
+
+class CropAnalyzer:
+    """The crop-level steps for one box size and pixel size (arrays built once, on the data's
+    array module).
+
+    Parameters
+    ----------
+    box : int
+        Crop box, px.
+    pixel_size_A : float
+    lowpass_A : float
+        Tracking low-pass, A: the darkness map keeps nothing finer.
+    """
+
+    SEARCH_PX = 24  # the particle is looked for within this distance of the prediction
+
+    def __init__(self, box: int, pixel_size_A: float, lowpass_A: float, xp=np, domain_mask_bins: float = 0.0):
+        self.box, self.pix, self.xp = box, pixel_size_A, xp
+        self.fft = fft_module(xp)
+        fy = frequency_index(box, xp)[:, None]
+        fx = frequency_index(box, xp)[None, :]
+        self.k_bins = xp.sqrt(fy * fy + fx * fx)
+        r_in, r_out = band_radii(box, pixel_size_A)
+        self.band = (self.k_bins >= r_in) & (self.k_bins <= r_out)
+        # atoms scatter into 1.2-3.3 A whether or not the lattice shows: the energy cue
+        k_per_A = self.k_bins / (box * pixel_size_A)
+        self.energy_band = ((k_per_A > 0.3) & (k_per_A < 0.8)).astype(xp.float32)
+        self.lowpass_A = lowpass_A
+        self.domain_mask_bins = domain_mask_bins
+        yy = xp.arange(box, dtype=xp.float32)[:, None] - box // 2
+        xx = xp.arange(box, dtype=xp.float32)[None, :] - box // 2
+        self.r_centre = xp.sqrt(yy * yy + xx * xx)
+        self.search = self.r_centre <= self.SEARCH_PX
+        self._cache: dict[tuple, Any] = {}
+
+    def _position_filter(self, radius_px: float):
+        key = ("pos", round(radius_px, 1))
+        if key not in self._cache:
+            xp = self.xp
+            # darkness: a blob filter at the particle's size (its inner Gaussian is far below
+            # the 2.3 A low-pass), minus the background
+            sig = max(radius_px / 2.0, 0.5 * self.lowpass_A / self.pix)
+            g1 = gaussian_transfer((self.box, self.box), sig, xp)
+            g2 = gaussian_transfer((self.box, self.box), 2.0 * radius_px, xp)
+            self._cache[key] = g1 - g2
+        return self._cache[key]
+
+    def _disc(self, radius_px: float):
+        key = ("disc", round(radius_px, 1))
+        if key not in self._cache:
+            self._cache[key] = soft_disc(self.box, radius_px, 6.0, self.xp)
+        return self._cache[key]
+
+    @staticmethod
+    def _z(a, xp):
+        s = float(a.std())
+        return (a - a.mean()) / (s if s > 0 else 1.0)
+
+    def analyse(self, crop, origin: tuple[int, int], radius_px: float, threshold: float,
+                at: tuple[float, float] | None = None) -> tuple[CropResult, Any]:
+        """Measure one particle in ``crop`` (cut at ``origin`` = frame px of crop pixel (0, 0));
+        ``at`` is the predicted centre in crop px (default: where the particle is found).
+
+        Returns the result and the masked, mean-free crop (for the adjacent-frame correlation).
+        """
+        xp, fft, box = self.xp, self.fft, self.box
+        mean = float(crop.mean())
+        c = crop - np.float32(mean)
+        spec = fft.fft2(c)
+        # 1. position: darkness + band energy, z-scored, near the prediction
+        pf = self._position_filter(radius_px)
+        dark = -fft.ifft2(spec * pf).real
+        bp = fft.ifft2(spec * self.energy_band).real
+        energy = fft.ifft2(fft.fft2(bp * bp) * pf).real
+        score = self._z(dark, xp) + self._z(energy, xp)
+        masked = xp.where(self.search, score, -xp.inf)
+        j = int(xp.argmax(masked))
+        py, px = divmod(j, box)
+        peak = float(score[py, px])
+        near = ((xp.arange(box, dtype=xp.float32)[:, None] - py) ** 2
+                + (xp.arange(box, dtype=xp.float32)[None, :] - px) ** 2) <= radius_px**2
+        w = xp.where(near, xp.clip(score - 0.5 * peak, 0.0, None), 0.0)
+        cx, cy = weighted_centroid(w)
+        if not math.isfinite(cx):
+            cx, cy = float(px), float(py)
+        # presence: how much darker the particle's disc is than the ring around it, in units of
+        # the noise of that difference (from the crop's own pixel variance: any detector gain),
+        # at the predicted position (at the best spot, noise alone would look like a particle)
+        ax, ay = at if at is not None else (cx, cy)
+        r2 = (xp.arange(box, dtype=xp.float32)[:, None] - ay) ** 2 + (xp.arange(box, dtype=xp.float32)[None, :] - ax) ** 2
+        inner = r2 <= radius_px**2
+        ring = (r2 >= (radius_px + 4.0) ** 2) & (r2 <= (2.0 * radius_px + 4.0) ** 2)
+        n_in, n_ring = int(inner.sum()), int(ring.sum())
+        presence = 0.0
+        if n_in and n_ring:
+            var = float(c.var())
+            diff = float(c[ring].mean()) - float(c[inner].mean())
+            presence = diff / math.sqrt(var / n_in + var / n_ring) if var > 0 else 0.0
+        # 2. lattice score inside a soft disc a little larger than the particle
+        disc = self._disc(radius_px + 6.0)
+        mc = c * disc
+        mspec = fft.fft2(mc)
+        power = (mspec.real**2 + mspec.imag**2)
+        lp = lattice_peak(power, self.band)
+        area = math.pi * radius_px**2
+        m = fringe_modulation(lp.energy, mean, box * box, area)
+        kr = lp.radius()
+        a, hkl = lattice_parameter(kr, box, self.pix)
+        res = CropResult(
+            x_meas=origin[0] + cx, y_meas=origin[1] + cy, position_z=peak, presence=presence, m=m, ratio=lp.ratio,
+            angle_deg=math.degrees(math.atan2(lp.ky, lp.kx)) % 180.0, lattice_A=a,
+            reflection="".join(str(h) for h in hkl), lattice=m > threshold,
+        )
+        if res.lattice:
+            self._domain(spec, lp.ky, lp.kx, radius_px, origin, res)
+        return res, mc
+
+    #: Fourier mask radius around a peak, in units of box / particle diameter (the width of the
+    #: particle's shape transform): tight for the centre (less noise), wider for the area (a sharper
+    #: edge). The diameter's factor was chosen on simulated frames (docs/accuracy.md): too tight a
+    #: mask blurs the domain and Otsu cuts it small, too wide a mask lets noise grow it.
+    CENTRE_MASK = 2.0
+    DIAMETER_MASK = 3.2
+
+    def _segment(self, spec, ky: float, kx: float, rb: float, radius_px: float):
+        xp, box = self.xp, self.box
+        dom = domain_image(spec, peak_pair_mask((box, box), ky, kx, rb, xp))
+        smooth = bilateral_filter(dom, 2.0, None, 3)
+        # Otsu inside the search region grown by the particle (the rest of the crop is noise)
+        roi = self.r_centre <= self.SEARCH_PX + 1.5 * radius_px
+        t, _ = otsu_threshold(smooth[roi], bins=128)
+        mask = (smooth > t) & roi
+        return smooth, t, mask
+
+    def _domain(self, spec, ky: float, kx: float, radius_px: float, origin: tuple[int, int], res: CropResult) -> None:
+        """Crystal domain of the peak (paper: mask a pair of peaks, inverse FFT, bilateral filter,
+        Otsu): its centre of mass and its area's equivalent-circle diameter."""
+        xp, box = self.xp, self.box
+        scale = box / (2.0 * radius_px)
+        rb = self.domain_mask_bins or max(3.0, self.CENTRE_MASK * scale)
+        smooth, t, mask = self._segment(spec, ky, kx, rb, radius_px)
+        if float(mask.sum()) <= 0:
+            return
+        cx, cy = weighted_centroid(xp.where(mask, smooth - t, 0.0))
+        res.domain_x, res.domain_y = origin[0] + cx, origin[1] + cy
+        _, _, mask = self._segment(spec, ky, kx, max(3.0, self.DIAMETER_MASK * scale), radius_px)
+        res.diameter_px = 2.0 * math.sqrt(float(mask.sum()) / math.pi)
+
+
+class FramesTable:
+    """``frames.csv`` of a run, written as rows arrive (flushed at least every ``every_s``)."""
+
+    def __init__(self, path: Path, every_s: float = 1.0):
+        self.path = path
+        self.fh = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.writer = csv.writer(self.fh)
+        self.writer.writerow(FRAME_COLUMNS)
+        self.every_s = every_s
+        self.last = time.monotonic()
+        self.rows = 0
+
+    def write(self, row: list[Any]) -> None:
+        self.writer.writerow(row)
+        self.rows += 1
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.fh.flush()
+            self.last = now
+
+    def close(self) -> None:
+        if not self.fh.closed:
+            self.fh.flush()
+            self.fh.close()
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+class FrameAnalysis:
+    """The per-frame stage (see the module). Writes ``run_dir/frames.csv`` when ``run_dir`` is given.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    run_dir : path, optional
+    """
+
+    name = "frames"
+
+    #: measurement noise of the crop position (darkness + energy) and of the domain centre, A
+    POSITION_SIGMA_A = 3.0
+    DOMAIN_SIGMA_A = 1.2
+    #: a track is weak while the running mean (over ~PRESENCE_FRAMES) of its disc-vs-ring contrast,
+    #: in noise units, is below PRESENT_SNR (a 2 nm particle at 15 e/A^2: 0.8-3, median 1.7; no particle: 0 +- 0.25)
+    PRESENCE_FRAMES = 20
+    PRESENT_SNR = 0.6
+
+    def __init__(self, cfg: RunConfig, run_dir: Path | None = None):
+        self.cfg = cfg
+        self.fc = cfg.frames
+        self.table = FramesTable(run_dir / "frames.csv", self.fc.write_every_s) if run_dir is not None else None
+        self.threshold = LatticeThreshold(
+            self.fc.lattice_threshold_initial, fixed=self.fc.lattice_threshold, min_frames=self.fc.otsu_min_frames,
+            min_separability=self.fc.otsu_min_separability, halflife=self.fc.otsu_halflife_s * cfg.acquisition.fps)
+        self.rows: list[dict[str, Any]] = []  # the latest row per particle (for the dashboard)
+        self.latest: dict[int, dict[str, Any]] = {}
+        self.frames = 0
+        self.particle_frames = 0
+        self.lattice_frames = 0
+        self.rejected_measurements = 0
+        self.too_small = 0
+        self.seconds = 0.0
+        self._series: SeriesStart | None = None
+        self._setup: tuple | None = None
+
+    # -- setup per series ----------------------------------------------------------------
+    def prepare(self, series: SeriesStart) -> None:
+        self._series = series
+        self._setup = None
+
+    def _ensure(self, frame: Frame):
+        pix = frame.pixel_size_A or self.cfg.acquisition.pixel_size_A
+        key = (tuple(frame.data.shape), pix, array_namespace(frame.data).__name__)
+        if self._setup is not None and self._setup[0] == key:
+            return self._setup[1]
+        fc, fps = self.fc, self.cfg.acquisition.fps
+        xp = array_namespace(frame.data)
+        radius = 5.0 * fc.particle_diameter_nm / pix
+        box = fc.box_px
+        parts = {
+            "pix": pix,
+            "radius": radius,
+            "crops": CropAnalyzer(box, pix, fc.tracking_lowpass_A, xp, fc.domain_mask_bins),
+            "detector": Detector(tuple(frame.data.shape), radius, bin=fc.detect_bin, frames=fc.detect_frames,
+                                 snr=fc.detect_snr, separation_px=box / 2),
+            "tracker": Tracker(pixel_size_A=pix, fps=fps, diffusion_A2_s=fc.track_diffusion_A2_s,
+                               reacquire_px=10.0 * fc.reacquire_nm / pix,
+                               memory_frames=int(fc.track_memory_s * fps), lost_frames=fc.lost_frames,
+                               max_particles=fc.max_particles, separation_px=box / 2),
+        }
+        if self._setup is not None:
+            log.info("frame geometry changed to %s at %.4g A/px: tracking starts afresh", key[0], pix)
+        self._setup = (key, parts)
+        return parts
+
+    # -- per frame -------------------------------------------------------------------------
+    def process(self, frame: Frame) -> None:
+        t0 = time.perf_counter()
+        if min(frame.data.shape) < self.fc.box_px // 2:
+            if not self.too_small:
+                log.warning("frames of %s px are too small for a %d-px crop box: not analysed (counted)",
+                            frame.data.shape, self.fc.box_px)
+            self.too_small += 1
+            return
+        parts = self._ensure(frame)
+        fc = self.fc
+        det: Detector = parts["detector"]
+        tracker: Tracker = parts["tracker"]
+        crops: CropAnalyzer = parts["crops"]
+        pix = parts["pix"]
+        n = self.frames
+        if n % fc.detect_stride == 0:
+            det.add(frame.data)
+        if det.ready and n % fc.detect_every == 0:
+            tracker.add_detections(det.detect(), frame.frame, (self.POSITION_SIGMA_A / pix) ** 2 * 4)
+        r_pos = (self.POSITION_SIGMA_A / pix) ** 2
+        r_dom = (self.DOMAIN_SIGMA_A / pix) ** 2
+        t_s = frame.t_ns / 1e9
+        for track in tracker.active():
+            gap = frame.frame - track.last_frame if track.frames else 1
+            track.predict(tracker.q_px2, gap)
+            try:
+                crop, origin, inside = crop_box(frame.data, track.x, track.y, fc.box_px)
+            except ValueError:
+                track.weak = fc.lost_frames  # the particle's box left the frame
+                continue
+            radius = track.diameter_px(2 * parts["radius"]) / 2
+            res, masked = crops.analyse(crop, origin, radius, self.threshold.value,
+                                        at=(track.x - origin[0], track.y - origin[1]))
+            track.presence += (res.presence - track.presence) / self.PRESENCE_FRAMES
+            if track.presence < self.PRESENT_SNR or inside < 0.5:
+                track.weak += 1  # hold the position: following noise would walk away from where it was
+            else:
+                track.weak = 0
+                if not track.update(res.x_meas, res.y_meas, r_pos):
+                    self.rejected_measurements += 1
+            self.threshold.add(res.m)
+            if res.lattice and math.isfinite(res.domain_x):
+                track.update(res.domain_x, res.domain_y, r_dom)
+            if res.lattice and math.isfinite(res.diameter_px):
+                track.diameters_px.append(res.diameter_px)
+            # adjacent-frame correlation of consecutive crops
+            if track.previous_crop is not None and track.previous_frame == frame.frame - 1:
+                p = masked_correlation(masked, track.previous_crop, crops._disc(radius + 6.0))
+                if math.isfinite(p):
+                    track.correlations.append(p)
+            track.previous_crop, track.previous_frame = masked, frame.frame
+            track.last_frame = frame.frame
+            track.frames += 1
+            track.lattice_frames += int(res.lattice)
+            self.particle_frames += 1
+            self.lattice_frames += int(res.lattice)
+            self._emit(frame, t_s, track, res, pix)
+        tracker.housekeeping(frame.frame)
+        self.frames += 1
+        self.seconds += time.perf_counter() - t0
+
+    def _snr_db(self, track: Track) -> float:
+        if len(track.correlations) < 2:
+            return math.nan
+        p = float(np.mean(track.correlations))
+        if not 0 < p < 1:
+            return math.nan
+        return 10.0 * math.log10(p / (1.0 - p))
+
+    def _emit(self, frame: Frame, t_s: float, track: Track, res: CropResult, pix: float) -> None:
+        one = res.diameter_px * pix / 10.0 if res.lattice else math.nan
+        recent = list(track.diameters_px)[-DIAMETER_MEDIAN_OF:]
+        diameter_nm = float(np.median(recent)) * pix / 10.0 if res.lattice and recent else math.nan
+        snr = self._snr_db(track)
+        row = {
+            "frame": frame.frame, "t_s": t_s, "particle": track.id, "x_px": track.x, "y_px": track.y,
+            "fft_peak": res.m, "lattice": int(res.lattice), "diameter_nm": diameter_nm,
+            "lattice_threshold": self.threshold.value, "angle_deg": res.angle_deg if res.lattice else math.nan,
+            "lattice_A": res.lattice_A if res.lattice else math.nan, "reflection": res.reflection if res.lattice else "",
+            "snr_db": snr, "position_z": res.position_z, "diameter_frame_nm": one,
+        }
+        self.latest[track.id] = row
+        if self.table is not None:
+            self.table.write([
+                frame.frame, f"{t_s:.6f}", track.id, _fmt(track.x, 2), _fmt(track.y, 2), f"{res.m:.5f}",
+                int(res.lattice), _fmt(diameter_nm, 3), "", f"{self.threshold.value:.5f}",
+                _fmt(row["angle_deg"], 2), _fmt(row["lattice_A"], 4), row["reflection"], _fmt(snr, 2),
+                _fmt(res.position_z, 2), _fmt(track.presence, 2), _fmt(one, 3),
+            ])
+
+    def counters(self) -> dict[str, Any]:
+        """What the dashboard and ``summary.json`` show."""
+        tracker = self._setup[1]["tracker"] if self._setup else None
+        return {
+            "frames": self.frames,
+            "particle_frames": self.particle_frames,
+            "lattice_frames": self.lattice_frames,
+            "lattice_fraction": self.lattice_frames / self.particle_frames if self.particle_frames else None,
+            "threshold": self.threshold.snapshot(),
+            "particles_active": len(tracker.active()) if tracker else 0,
+            "particles_seen": tracker.created if tracker else 0,
+            "particles_reacquired": tracker.revived if tracker else 0,
+            "measurements_rejected": self.rejected_measurements,
+            "frames_too_small": self.too_small,
+            "ms_per_frame": 1e3 * self.seconds / self.frames if self.frames else None,
+            "latest": {str(k): v for k, v in self.latest.items()},
+        }
+
+    def finish(self) -> dict[str, Any]:
+        if self.table is not None:
+            self.table.close()
+        return self.counters()
