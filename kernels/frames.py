@@ -41,6 +41,7 @@ __all__ = [
     "masked_correlation",
     "fringe_modulation",
     "lattice_parameter",
+    "nearest_reflection",
     "fringe_truth",
 ]
 
@@ -345,8 +346,13 @@ def lattice_parameter(kr_bins: float, box: int, pixel_size_A: float, lattice_A: 
     if kr_bins <= 0:
         return math.nan, (0, 0, 0)
     d = box * pixel_size_A / kr_bins
-    hkl = min(LATTICE_PLANES, key=lambda p: abs(math.log(d / d_spacing(p, lattice_A))))
+    hkl = nearest_reflection(d, lattice_A)
     return d * math.sqrt(sum(h * h for h in hkl)), hkl
+
+
+def nearest_reflection(d_A: float, lattice_A: float = PT_LATTICE_A) -> tuple[int, int, int]:
+    """The reflection of :data:`LATTICE_PLANES` whose spacing is nearest ``d_A`` (in log spacing)."""
+    return min(LATTICE_PLANES, key=lambda p: abs(math.log(d_A / d_spacing(p, lattice_A))))
 
 
 def fringe_truth(particle_image, box: int, pixel_size_A: float, area_px: float,

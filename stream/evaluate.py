@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from btomo.kernels.frames import nearest_reflection
+
 __all__ = ["VISIBLE_M", "AMBIGUOUS_M", "frame_accuracy"]
 
 VISIBLE_M = 0.12
@@ -77,7 +79,7 @@ def frame_accuracy(frames_csv: str | Path, recording: str | Path, *, pixel_size_
     matched = set()
     for r in rows:
         f = int(r["frame"])
-        if f / 1.0 < 0 or not by_frame.get(f):
+        if not by_frame.get(f):
             continue
         t_s = _f(r["t_s"])
         x, y = _f(r["x_px"]), _f(r["y_px"])
@@ -111,9 +113,7 @@ def frame_accuracy(frames_csv: str | Path, recording: str | Path, *, pixel_size_
                 lat_a.append(a)
                 if lt:
                     d = _f(lt["fringe_d_A"])
-                    hkl = min(((1, 1, 1), (2, 0, 0), (2, 2, 0)), key=lambda h: abs(math.log(
-                        d * math.sqrt(sum(i * i for i in h)) / PT_A)))
-                    img_a.append(d * math.sqrt(sum(i * i for i in hkl)))
+                    img_a.append(d * math.sqrt(sum(i * i for i in nearest_reflection(d))))
             ang = _f(r["angle_deg"])
             if lt and math.isfinite(ang) and abs(_f(lt["fringe_d_A"]) * math.sqrt(
                     sum(int(c) ** 2 for c in r["reflection"])) - a) < 0.15:

@@ -183,6 +183,8 @@ class CropAnalyzer:
         yy = xp.arange(box, dtype=xp.float32)[:, None] - box // 2
         xx = xp.arange(box, dtype=xp.float32)[None, :] - box // 2
         self.r_centre = xp.sqrt(yy * yy + xx * xx)
+        self.rows = xp.arange(box, dtype=xp.float32)[:, None]  # pixel grids, built once
+        self.cols = xp.arange(box, dtype=xp.float32)[None, :]
         self.search = self.r_centre <= self.SEARCH_PX
         self._cache: dict[tuple, Any] = {}
 
@@ -230,8 +232,7 @@ class CropAnalyzer:
         j = int(xp.argmax(masked))
         py, px = divmod(j, box)
         peak = float(score[py, px])
-        near = ((xp.arange(box, dtype=xp.float32)[:, None] - py) ** 2
-                + (xp.arange(box, dtype=xp.float32)[None, :] - px) ** 2) <= radius_px**2
+        near = ((self.rows - py) ** 2 + (self.cols - px) ** 2) <= radius_px**2
         w = xp.where(near, xp.clip(score - 0.5 * peak, 0.0, None), 0.0)
         cx, cy = weighted_centroid(w)
         if not math.isfinite(cx):
@@ -240,7 +241,7 @@ class CropAnalyzer:
         # the noise of that difference (from the crop's own pixel variance: any detector gain),
         # at the predicted position (at the best spot, noise alone would look like a particle)
         ax, ay = at if at is not None else (cx, cy)
-        r2 = (xp.arange(box, dtype=xp.float32)[:, None] - ay) ** 2 + (xp.arange(box, dtype=xp.float32)[None, :] - ax) ** 2
+        r2 = (self.rows - ay) ** 2 + (self.cols - ax) ** 2
         inner = r2 <= radius_px**2
         ring = (r2 >= (radius_px + 4.0) ** 2) & (r2 <= (2.0 * radius_px + 4.0) ** 2)
         n_in, n_ring = int(inner.sum()), int(ring.sum())
