@@ -33,6 +33,7 @@ __all__ = [
     "LatticePeak",
     "lattice_peak",
     "subpixel_peak",
+    "noise_floor",
     "peak_pair_mask",
     "domain_image",
     "bilateral_filter",
@@ -153,7 +154,9 @@ class LatticePeak:
     energy : float
         Energy of the 3x3 bins around the peak, noise floor removed (counts^2).
     floor : float
-        Noise floor: the median power per bin in the band (counts^2).
+        Noise floor: the mean noise power per bin in the band (counts^2), estimated robustly as
+        the band's median power over ln 2 (the power of complex Gaussian noise is exponentially
+        distributed: its median is ln 2 times its mean).
     ratio : float
         Peak energy over the noise expected in 3x3 bins (no unit; about 2-4 for noise alone).
     """
@@ -181,13 +184,24 @@ def lattice_peak(power, band) -> LatticePeak:
     j = int(xp.argmax(inband))
     n0, n1 = power.shape
     iy, ix = divmod(j, n1)
-    floor = float(xp.median(power[band]))
+    floor = noise_floor(power, band)
     peak = float(s[iy, ix])
     dy, dx = subpixel_peak(s, iy, ix)
     ky = ((iy + n0 // 2) % n0 - n0 // 2) + dy
     kx = ((ix + n1 // 2) % n1 - n1 // 2) + dx
     noise = 9.0 * max(floor, 1e-30)
     return LatticePeak(iy, ix, ky, kx, max(peak - noise, 0.0), floor, peak / noise)
+
+
+def noise_floor(power, band) -> float:
+    """Mean noise power per bin of ``power`` over the boolean ``band``: its median / ln 2.
+
+    The band's bins hold noise except at a few peaks; the noise power of each bin is
+    exponentially distributed, whose median is ln 2 times the mean (the plain median would
+    underestimate the noise by 31 % and so overstate weak peaks, more at lower dose).
+    """
+    xp = array_namespace(power)
+    return float(xp.median(power[band])) / math.log(2.0)
 
 
 def subpixel_peak(a, iy: int, ix: int) -> tuple[float, float]:

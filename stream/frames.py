@@ -7,7 +7,9 @@ the predicted centre, and one pass over it gives (kernels in :mod:`btomo.kernels
 1. **Position**: the crop's darkness at the particle's size (low-passed well below 2.3 A) and
    its local energy in the 1.2-3.3 A band (atoms scatter there whether the lattice shows or not)
    are z-scored and added; the maximum near the prediction, refined by a centre of mass at full
-   resolution, is the measurement. A Kalman filter on a random walk smooths it.
+   resolution, is the measurement. A Kalman filter on a random walk combines the measurements;
+   a fixed-lag Rauch-Tung-Striebel smoother (``track_smoothing_frames``, default 20 = 50 ms)
+   revises each centre with the frames after it before the row is written.
 2. **Lattice score** ``fft_peak``: the crop, minus its mean and inside a soft disc a little larger
    than the particle, is Fourier transformed; the strongest peak in the Pt band {111}..{220}
    (3x3 bins, noise floor removed) gives the fringe modulation ``m`` (0-1, comparable across
@@ -15,10 +17,13 @@ the predicted centre, and one pass over it gives (kernels in :mod:`btomo.kernels
 3. **Decision** ``lattice``: ``m`` above Otsu's threshold of the running histogram of log ``m``
    (all particles; it fades with a half-life so the threshold follows a run). Until the histogram
    holds ``otsu_min_frames`` scores and is clearly bimodal, an initial threshold is used.
-4. On lattice frames: the **crystal domain** (inverse FFT of the peak and its Friedel mate),
-   bilateral-filtered and cut by Otsu: its centre of mass re-centres the particle (a second,
-   more precise measurement for the filter) and its area gives the **projected diameter**; the
-   peak's sub-bin position gives the **in-plane angle** and the **lattice parameter**.
+4. On lattice frames: the **crystal domain** (inverse FFT of the peak and its Friedel mate).
+   The peak of its smoothed energy envelope re-centres the particle (a second, more precise
+   measurement for the filter, used when the peak stands clear of the noise); its size gives the
+   **projected diameter**: by default from the second moment of the noise-subtracted fringe
+   intensity (the same at any dose), or as the paper did (bilateral filter, Otsu, area:
+   ``diameter_method = "otsu"``, which grows as the dose falls). The peak's sub-bin position
+   gives the **in-plane angle** and the **lattice parameter**.
 5. **Adjacent-frame SNR**: ``10 log10(p / (1 - p))`` with ``p`` the mean correlation of
    consecutive crops (inside the disc) over the last ``snr_window`` frames.
 
@@ -48,6 +53,7 @@ from btomo.kernels.frames import (
     gaussian_transfer,
     lattice_parameter,
     lattice_peak,
+    noise_floor,
     masked_correlation,
     otsu_threshold,
     peak_pair_mask,
@@ -163,12 +169,21 @@ class CropAnalyzer:
     pixel_size_A : float
     lowpass_A : float
         Tracking low-pass, A: the darkness map keeps nothing finer.
+    domain_mask_bins : float
+        Fourier mask radius for the domain centre, bins (0: box over the particle's diameter).
+    diameter_method : {"moment", "otsu"}
+        How the domain's area is measured (see :meth:`_domain`).
+    prior_radius_px : float
+        Expected particle radius, px: the diameter's moment region is never smaller.
     """
 
     SEARCH_PX = 24  # the particle is looked for within this distance of the prediction
 
-    def __init__(self, box: int, pixel_size_A: float, lowpass_A: float, xp=np, domain_mask_bins: float = 0.0):
+    def __init__(self, box: int, pixel_size_A: float, lowpass_A: float, xp=np, domain_mask_bins: float = 0.0,
+                 diameter_method: str = "moment", prior_radius_px: float = 0.0):
         self.box, self.pix, self.xp = box, pixel_size_A, xp
+        self.diameter_method = diameter_method
+        self.prior_radius_px = prior_radius_px
         self.fft = fft_module(xp)
         fy = frequency_index(box, xp)[:, None]
         fx = frequency_index(box, xp)[None, :]
@@ -266,39 +281,100 @@ class CropAnalyzer:
             reflection="".join(str(h) for h in hkl), lattice=m > threshold,
         )
         if res.lattice:
-            self._domain(spec, lp.ky, lp.kx, radius_px, origin, res)
+            self._domain(spec, lp.ky, lp.kx, radius_px, origin, (ax, ay), res)
         return res, mc
 
     #: Fourier mask radius around a peak, in units of box / particle diameter (the width of the
-    #: particle's shape transform): tight for the centre (less noise), wider for the area (a sharper
-    #: edge). The diameter's factor was chosen on simulated frames (docs/accuracy.md): too tight a
-    #: mask blurs the domain and Otsu cuts it small, too wide a mask lets noise grow it.
-    CENTRE_MASK = 2.0
+    #: particle's shape transform; the domain image's blur then scales with the particle). The
+    #: centre uses the tight mask (the envelope's peak: least noise; on simulated frames at the
+    #: paper's dose 1.13 A RMS per frame, against 1.45 A for the Otsu centroid of a 2.0 mask),
+    #: the area a wider one (a sharper edge).
+    CENTRE_MASK = 1.0
     DIAMETER_MASK = 3.2
+    #: the diameter's second-moment region, in particle radii around the domain centre
+    MOMENT_REGION = 1.2
+    #: equivalent diameter over the RMS radius of the fringe intensity: 3.55 on noise-free
+    #: simulated 2 nm Pt particles (docs/accuracy.md). For comparison: 2.83 for a uniform disc,
+    #: 3.46 for an intensity falling as the square of a sphere's thickness.
+    MOMENT_TO_DIAMETER = 3.55
 
     def _segment(self, spec, ky: float, kx: float, rb: float, radius_px: float):
+        """The paper's area: bilateral-filtered domain image, Otsu, pixels above (boolean mask)."""
         xp, box = self.xp, self.box
         dom = domain_image(spec, peak_pair_mask((box, box), ky, kx, rb, xp))
         smooth = bilateral_filter(dom, 2.0, None, 3)
         # Otsu inside the search region grown by the particle (the rest of the crop is noise)
         roi = self.r_centre <= self.SEARCH_PX + 1.5 * radius_px
         t, _ = otsu_threshold(smooth[roi], bins=128)
-        mask = (smooth > t) & roi
-        return smooth, t, mask
+        return (smooth > t) & roi
 
-    def _domain(self, spec, ky: float, kx: float, radius_px: float, origin: tuple[int, int], res: CropResult) -> None:
-        """Crystal domain of the peak (paper: mask a pair of peaks, inverse FFT, bilateral filter,
-        Otsu): its centre of mass and its area's equivalent-circle diameter."""
-        xp, box = self.xp, self.box
+    def _moment_diameter(self, spec, ky: float, kx: float, rb: float, region_px: float,
+                         cx: float, cy: float) -> float:
+        """Equivalent diameter (px) from the second moment of the noise-subtracted fringe
+        intensity around (cx, cy) crop px.
+
+        ``|ifft(spectrum * pair mask)|^2`` holds the fringes' intensity plus the noise that
+        passes the mask, whose mean per pixel is known from the band's noise floor: subtracted,
+        the intensity is unbiased at any dose, and so is its second moment (noise adds scatter,
+        not bias, unlike a threshold). Within ``region_px`` of the centre.
+        """
+        xp, box, fft = self.xp, self.box, self.fft
+        mask = peak_pair_mask((box, box), ky, kx, rb, xp)
+        n = box * box
+        noise = float(mask.sum()) * noise_floor(spec.real**2 + spec.imag**2, self.band) / (n * n)
+        field = fft.ifft2(spec * mask)
+        inten = field.real**2 + field.imag**2 - np.float32(noise)
+        r2 = (self.rows - cy) ** 2 + (self.cols - cx) ** 2
+        w = xp.where(r2 <= region_px**2, inten, 0.0)
+        total = float(w.sum())
+        if not total > 0:
+            return math.nan
+        mom = float((w * r2).sum()) / total
+        return self.MOMENT_TO_DIAMETER * math.sqrt(mom) if mom > 0 else math.nan
+
+    def _envelope_filter(self, radius_px: float):
+        key = ("env", round(radius_px, 1))
+        if key not in self._cache:
+            self._cache[key] = gaussian_transfer((self.box, self.box), 0.5 * radius_px, self.xp)
+        return self._cache[key]
+
+    def _domain(self, spec, ky: float, kx: float, radius_px: float, origin: tuple[int, int],
+                at: tuple[float, float], res: CropResult) -> None:
+        """Crystal domain of the peak (paper: mask a pair of peaks, inverse FFT, ...).
+
+        Centre: the peak, near the prediction ``at`` (crop px), of the fringes' energy envelope
+        ``|ifft(spectrum * pair mask)|^2`` smoothed at half the particle's radius (a matched
+        filter for a domain of the particle's size), sub-pixel by a parabola. Area: by default
+        the second moment of the noise-subtracted fringe intensity (:meth:`_moment_diameter`,
+        independent of the dose); with ``diameter_method = "otsu"`` the paper's bilateral filter
+        and Otsu threshold (its area grows as the dose falls, docs/accuracy.md).
+        """
+        xp, box, fft = self.xp, self.box, self.fft
         scale = box / (2.0 * radius_px)
-        rb = self.domain_mask_bins or max(3.0, self.CENTRE_MASK * scale)
-        smooth, t, mask = self._segment(spec, ky, kx, rb, radius_px)
-        if float(mask.sum()) <= 0:
+        rb = self.domain_mask_bins or max(2.0, self.CENTRE_MASK * scale)
+        dom = domain_image(spec, peak_pair_mask((box, box), ky, kx, rb, xp))
+        env = fft.ifft2(fft.fft2(dom * dom) * self._envelope_filter(radius_px)).real
+        near = ((self.rows - at[1]) ** 2 + (self.cols - at[0]) ** 2) <= self.SEARCH_PX**2
+        j = int(xp.argmax(xp.where(near, env, -xp.inf)))
+        iy, ix = divmod(j, box)
+        if not (0 < iy < box - 1 and 0 < ix < box - 1):
             return
-        cx, cy = weighted_centroid(xp.where(mask, smooth - t, 0.0))
+        cy, cx = iy + _parabola(env[iy - 1:iy + 2, ix]), ix + _parabola(env[iy, ix - 1:ix + 2])
         res.domain_x, res.domain_y = origin[0] + cx, origin[1] + cy
-        _, _, mask = self._segment(spec, ky, kx, max(3.0, self.DIAMETER_MASK * scale), radius_px)
-        res.diameter_px = 2.0 * math.sqrt(float(mask.sum()) / math.pi)
+        rb_area = max(3.0, self.DIAMETER_MASK * scale)
+        if self.diameter_method == "otsu":
+            mask = self._segment(spec, ky, kx, rb_area, radius_px)
+            res.diameter_px = 2.0 * math.sqrt(float(mask.sum()) / math.pi)
+        else:
+            region = self.MOMENT_REGION * max(radius_px, self.prior_radius_px)
+            res.diameter_px = self._moment_diameter(spec, ky, kx, rb_area, region, cx, cy)
+
+
+def _parabola(v) -> float:
+    """Sub-pixel offset of the maximum of three samples (a parabola), within [-0.5, 0.5]."""
+    m, c, p = (float(x) for x in v)
+    d = m - 2.0 * c + p
+    return float(min(0.5, max(-0.5, 0.5 * (m - p) / d))) if d < 0 else 0.0
 
 
 class FramesTable:
@@ -342,9 +418,15 @@ class FrameAnalysis:
 
     name = "frames"
 
-    #: measurement noise of the crop position (darkness + energy) and of the domain centre, A
-    POSITION_SIGMA_A = 3.0
-    DOMAIN_SIGMA_A = 1.2
+    #: measurement noise per axis of the crop position (darkness + energy) and of the domain
+    #: centre, A (simulated frames at 15 e/A^2: 3.6 and 0.8 A; the position's larger value
+    #: downweights its outliers)
+    POSITION_SIGMA_A = 4.0
+    DOMAIN_SIGMA_A = 0.8
+    #: the domain centre steers the track only when its peak stands this far above the noise
+    #: expected in its 3x3 bins (noise alone: 3.6-6 in 90 % of crops; lattice frames at half the
+    #: paper's dose: 7.6 and more in 95 %): below, the envelope's peak is noise
+    DOMAIN_MIN_RATIO = 8.0
     #: a track is weak while the running mean (over ~PRESENCE_FRAMES) of its disc-vs-ring contrast,
     #: in noise units, is below PRESENT_SNR (a 2 nm particle at 15 e/A^2: 0.8-3, median 1.7; no particle: 0 +- 0.25)
     PRESENCE_FRAMES = 20
@@ -367,9 +449,11 @@ class FrameAnalysis:
         self.seconds = 0.0
         self._series: SeriesStart | None = None
         self._setup: tuple | None = None
+        self._holding: dict[int, Track] = {}  # tracks with rows waiting for the smoother
 
     # -- setup per series ----------------------------------------------------------------
     def prepare(self, series: SeriesStart) -> None:
+        self._release(everything=True)
         self._series = series
         self._setup = None
 
@@ -378,6 +462,7 @@ class FrameAnalysis:
         key = (tuple(frame.data.shape), pix, array_namespace(frame.data).__name__)
         if self._setup is not None and self._setup[0] == key:
             return self._setup[1]
+        self._release(everything=True)  # a new frame geometry: new tracks
         fc, fps = self.fc, self.cfg.acquisition.fps
         xp = array_namespace(frame.data)
         radius = 5.0 * fc.particle_diameter_nm / pix
@@ -385,7 +470,8 @@ class FrameAnalysis:
         parts = {
             "pix": pix,
             "radius": radius,
-            "crops": CropAnalyzer(box, pix, fc.tracking_lowpass_A, xp, fc.domain_mask_bins),
+            "crops": CropAnalyzer(box, pix, fc.tracking_lowpass_A, xp, fc.domain_mask_bins, fc.diameter_method,
+                                  radius),
             "detector": Detector(tuple(frame.data.shape), radius, bin=fc.detect_bin, frames=fc.detect_frames,
                                  snr=fc.detect_snr, separation_px=box / 2),
             "tracker": Tracker(pixel_size_A=pix, fps=fps, diffusion_A2_s=fc.track_diffusion_A2_s,
@@ -440,7 +526,7 @@ class FrameAnalysis:
                 if not track.update(res.x_meas, res.y_meas, r_pos):
                     self.rejected_measurements += 1
             self.threshold.add(res.m)
-            if res.lattice and math.isfinite(res.domain_x):
+            if res.lattice and res.ratio >= self.DOMAIN_MIN_RATIO and math.isfinite(res.domain_x):
                 track.update(res.domain_x, res.domain_y, r_dom)
             if res.lattice and math.isfinite(res.diameter_px):
                 track.diameters_px.append(res.diameter_px)
@@ -455,8 +541,9 @@ class FrameAnalysis:
             track.lattice_frames += int(res.lattice)
             self.particle_frames += 1
             self.lattice_frames += int(res.lattice)
-            self._emit(frame, t_s, track, res, pix)
+            self._hold(frame, t_s, track, res, pix)
         tracker.housekeeping(frame.frame)
+        self._release()
         self.frames += 1
         self.seconds += time.perf_counter() - t0
 
@@ -468,25 +555,41 @@ class FrameAnalysis:
             return math.nan
         return 10.0 * math.log10(p / (1.0 - p))
 
-    def _emit(self, frame: Frame, t_s: float, track: Track, res: CropResult, pix: float) -> None:
+    def _hold(self, frame: Frame, t_s: float, track: Track, res: CropResult, pix: float) -> None:
+        """This frame's row for ``track`` (everything but the centre, which the smoother sets)."""
         one = res.diameter_px * pix / 10.0 if res.lattice else math.nan
         recent = list(track.diameters_px)[-DIAMETER_MEDIAN_OF:]
         diameter_nm = float(np.median(recent)) * pix / 10.0 if res.lattice and recent else math.nan
-        snr = self._snr_db(track)
-        row = {
-            "frame": frame.frame, "t_s": t_s, "particle": track.id, "x_px": track.x, "y_px": track.y,
+        track.hold({
+            "frame": frame.frame, "t_s": t_s, "particle": track.id, "x_px": math.nan, "y_px": math.nan,
             "fft_peak": res.m, "lattice": int(res.lattice), "diameter_nm": diameter_nm,
             "lattice_threshold": self.threshold.value, "angle_deg": res.angle_deg if res.lattice else math.nan,
             "lattice_A": res.lattice_A if res.lattice else math.nan, "reflection": res.reflection if res.lattice else "",
-            "snr_db": snr, "position_z": res.position_z, "diameter_frame_nm": one,
-        }
-        self.latest[track.id] = row
+            "snr_db": self._snr_db(track), "position_z": res.position_z, "presence": track.presence,
+            "diameter_frame_nm": one,
+        })
+        self._holding[id(track)] = track
+
+    def _release(self, everything: bool = False) -> None:
+        """Write the rows the smoother is done with (all of them at the end of a series)."""
+        lag = self.fc.track_smoothing_frames
+        for key, track in list(self._holding.items()):
+            flush = everything or track.state != "active"
+            for row, x, y in track.release(lag, everything=flush):
+                row["x_px"], row["y_px"] = x, y
+                self._write(row)
+            if not track.pending:
+                del self._holding[key]
+
+    def _write(self, row: dict[str, Any]) -> None:
+        self.latest[row["particle"]] = row
         if self.table is not None:
             self.table.write([
-                frame.frame, f"{t_s:.6f}", track.id, _fmt(track.x, 2), _fmt(track.y, 2), f"{res.m:.5f}",
-                int(res.lattice), _fmt(diameter_nm, 3), "", f"{self.threshold.value:.5f}",
-                _fmt(row["angle_deg"], 2), _fmt(row["lattice_A"], 4), row["reflection"], _fmt(snr, 2),
-                _fmt(res.position_z, 2), _fmt(track.presence, 2), _fmt(one, 3),
+                row["frame"], f"{row['t_s']:.6f}", row["particle"], _fmt(row["x_px"], 2), _fmt(row["y_px"], 2),
+                f"{row['fft_peak']:.5f}", row["lattice"], _fmt(row["diameter_nm"], 3), "",
+                f"{row['lattice_threshold']:.5f}", _fmt(row["angle_deg"], 2), _fmt(row["lattice_A"], 4),
+                row["reflection"], _fmt(row["snr_db"], 2), _fmt(row["position_z"], 2), _fmt(row["presence"], 2),
+                _fmt(row["diameter_frame_nm"], 3),
             ])
 
     def counters(self) -> dict[str, Any]:
@@ -508,6 +611,7 @@ class FrameAnalysis:
         }
 
     def finish(self) -> dict[str, Any]:
+        self._release(everything=True)
         if self.table is not None:
             self.table.close()
         return self.counters()

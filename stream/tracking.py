@@ -62,9 +62,38 @@ class Track:
     previous_crop: object = None
     previous_frame: int = -1
     rejected: int = 0
+    #: rows waiting for the fixed-lag smoother: (row, filtered x, y, filtered var, predicted var)
+    pending: deque = field(default_factory=deque)
+    predicted_var: float = 0.0
 
     def predict(self, q_px2: float, frames: int = 1) -> None:
         self.var += q_px2 * max(frames, 1)
+        self.predicted_var = self.var
+
+    def hold(self, row: object) -> None:
+        """Keep ``row`` (this frame's) with the filter's state for the smoother."""
+        self.pending.append((row, self.x, self.y, self.var, self.predicted_var))
+
+    def release(self, lag: int, everything: bool = False) -> list[tuple[object, float, float]]:
+        """Rows older than ``lag`` frames (all if ``everything``), each with its smoothed centre.
+
+        Fixed-lag Rauch-Tung-Striebel smoothing for the random walk: going back from the newest
+        held frame, ``s[h] = f[h] + (P[h] / P_pred[h+1]) (s[h+1] - f[h])``, where ``f``, ``P``
+        are the filtered centre and variance and ``P_pred`` the variance predicted before the
+        update (per axis, the same for x and y).
+        """
+        out: list[tuple[object, float, float]] = []
+        while self.pending and (everything or len(self.pending) > lag):
+            items = self.pending
+            _, sx, sy, _, p_next = items[-1]
+            for h in range(len(items) - 2, -1, -1):
+                _, fx, fy, pf, pp = items[h]
+                c = pf / p_next if p_next > 0 else 0.0
+                sx, sy = fx + c * (sx - fx), fy + c * (sy - fy)
+                p_next = pp
+            row = items.popleft()[0]
+            out.append((row, sx, sy))
+        return out
 
     def update(self, mx: float, my: float, r_px2: float, gate: float = 5.0) -> bool:
         """Kalman update with a measurement of variance ``r_px2``; a measurement further than

@@ -105,8 +105,8 @@ def test_accuracy_at_the_paper_dose(paper_dose):
     summary, acc = paper_dose
     assert summary["lattice_frames"] == summary["stage_results"]["frames"]["lattice_frames"] > 0
     assert acc["coverage"] > 0.99
-    assert acc["tracking_rms_A_lattice"] < 1.6
-    assert acc["tracking_rms_A_in_focus"] < 3.0
+    assert acc["tracking_rms_A_lattice"] < 1.0  # issue target 0.5: not reached on raw frames
+    assert acc["tracking_rms_A_in_focus"] < 2.0  # 1.34 on the 3000-frame report run (target 1.5)
     assert acc["f1_clear"] >= 0.95
     assert acc["f1"] >= 0.88
     # against the noise-free image's own fringe spacing (within 0.03 A); against bulk Pt the image
@@ -114,4 +114,59 @@ def test_accuracy_at_the_paper_dose(paper_dose):
     assert acc["lattice_A_error_vs_image"] <= 0.03
     assert acc["lattice_A_error"] <= 0.07
     assert acc["angle_median_error_deg"] < 1.0
-    assert acc["diameter_median_error_nm"] <= 0.2
+    assert acc["diameter_median_error_nm"] <= 0.1  # the issue's target
+    assert abs(acc["diameter_median_bias_nm"]) <= 0.06
+
+
+def _fringe_disc(i0, rng, box=160, radius=28.0, m=0.2, d_A=2.263, angle=0.4):
+    """Poisson counts of a disc with fringes of modulation ``m`` (spacing ``d_A``) at ``i0`` counts/px."""
+    yy, xx = np.mgrid[:box, :box].astype(np.float64) - box // 2
+    inside = np.hypot(xx, yy) <= radius
+    g = 0.358 / d_A
+    lam = i0 * (1.0 + m * inside * np.cos(2 * np.pi * g * (xx * np.cos(angle) + yy * np.sin(angle))))
+    return rng.poisson(lam).astype(np.float32)
+
+
+def test_score_and_diameter_do_not_depend_on_the_dose():
+    """The fringe modulation and the moment diameter are the same at half and at four times the
+    paper's counts per pixel (1.9 counts/px); a noise-free disc gives the same m."""
+    from btomo.stream.frames import CropAnalyzer
+
+    rng = np.random.default_rng(5)
+    ca = CropAnalyzer(160, 0.358, 2.3, prior_radius_px=28.0)
+    out = {}
+    for i0 in (1.0, 8.0, 1e4):
+        ms, ds = [], []
+        for _ in range(12):
+            res, _ = ca.analyse(_fringe_disc(i0, rng), (0, 0), 28.0, 0.05)
+            ms.append(res.m)
+            ds.append(res.diameter_px)
+        out[i0] = (np.median(ms), np.median(ds))
+    (m_lo, d_lo), (m_hi, d_hi), (m_clean, d_clean) = out[1.0], out[8.0], out[1e4]
+    assert 0.12 < m_clean < 0.2  # the 3x3 bins hold most of the peak's energy
+    assert m_lo == pytest.approx(m_clean, rel=0.1) and m_hi == pytest.approx(m_clean, rel=0.05)
+    assert d_lo == pytest.approx(d_clean, rel=0.06) and d_hi == pytest.approx(d_clean, rel=0.03)
+
+
+def test_fixed_lag_smoother_beats_the_filter_on_a_random_walk():
+    from btomo.stream.tracking import Track
+
+    rng = np.random.default_rng(6)
+    n, q, r = 600, 1.0, 16.0  # px^2 per frame, px^2 per measurement
+    truth = np.cumsum(rng.normal(0, math.sqrt(q), (n, 2)), axis=0)
+    meas = truth + rng.normal(0, math.sqrt(r), (n, 2))
+    t = Track(0, float(meas[0, 0]), float(meas[0, 1]), r, born_frame=0, last_frame=0)
+    filt, out = [], []
+    for i in range(n):
+        t.predict(q)
+        t.update(float(meas[i, 0]), float(meas[i, 1]), r, gate=1e9)
+        filt.append((t.x, t.y))
+        t.hold(i)
+        out += t.release(20)
+    assert [row for row, _, _ in out] == list(range(n - 20))  # in order, 20 frames late
+    out += t.release(20, everything=True)
+    assert [row for row, _, _ in out] == list(range(n)) and not t.pending
+    smooth = np.array([(x, y) for _, x, y in out])
+    rms_f = np.sqrt(np.mean(np.sum((np.array(filt) - truth) ** 2, axis=1)))
+    rms_s = np.sqrt(np.mean(np.sum((smooth - truth) ** 2, axis=1)))
+    assert rms_s < 0.85 * rms_f
