@@ -29,8 +29,6 @@ EXIT_NOT_BUILT = 3
 
 # the issue that builds each command not built yet
 NOT_BUILT = {
-    "train-denoiser": "the self-supervised denoiser (issue 5)",
-    "denoise": "the self-supervised denoiser (issue 5)",
     "reconstruct": "3D reconstruction (issue 7)",
     "analyze": "structure and time-series analysis (issue 8)",
 }
@@ -153,16 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
 
-    p = sub.add_parser("train-denoiser", help="train the self-supervised denoiser")
-    p.add_argument("source", type=Path)
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL")
-    p.add_argument("--max-minutes", type=float, metavar="M")
+    p = sub.add_parser(
+        "train-denoiser", help="train the self-supervised denoiser",
+        description="Train the blind-spot denoiser (Noise2Void, no clean data) on crops around the particles "
+                    "tracked in a recording or stack. Architecture and schedule: the [denoiser] settings.")
+    p.add_argument("source", type=Path, help="recording directory or stack file")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL", help="model file to write")
+    p.add_argument("--max-minutes", type=float, metavar="M", help="stop after M minutes at the latest")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL.ckpt if it exists")
+    p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size, A/px, for stacks that do not say")
+    p.add_argument("--fps", type=float, help="frame rate, frames/s, for stacks that do not say")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
 
     p = sub.add_parser("denoise", help="denoise every frame of a recording or stack offline")
-    p.add_argument("source", type=Path)
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("source", type=Path, help="recording directory or stack file")
+    p.add_argument("--model", type=Path, required=True, help="model file from train-denoiser")
+    p.add_argument("--out", type=Path, required=True, help="output stack: .mrc or .zarr")
+    p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size, A/px, for stacks that do not say")
+    p.add_argument("--fps", type=float, help="frame rate, frames/s, for stacks that do not say")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
 
     p = sub.add_parser("reconstruct", help="reconstruct one window (3D map and atoms)")
@@ -213,14 +221,14 @@ SIMULATE_FLAGS = {
 }
 
 
-def _reporter(quiet: bool):
+def _reporter(quiet: bool, unit: str = "frames"):
     from .progress import LogReporter, RichReporter  # noqa: PLC0415
 
     if quiet or not sys.stderr.isatty():
         return LogReporter(log)
     from rich.console import Console  # noqa: PLC0415
 
-    return RichReporter(Console(stderr=True))
+    return RichReporter(Console(stderr=True), unit=unit)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -431,6 +439,40 @@ def cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    from .denoise import DenoiserError, train_denoiser  # noqa: PLC0415
+
+    _check_stack_flags(args)
+    if args.max_minutes is not None and not 0 < args.max_minutes < float("inf"):
+        raise UserError(f"--max-minutes must be a finite number > 0, got {args.max_minutes}")
+    cfg = config_from_args(args, {})
+    with _open(args, cfg) as source:
+        cfg.acquisition.pixel_size_A, cfg.acquisition.fps = source.pixel_size_A, source.fps
+        try:
+            s = train_denoiser(cfg, source, args.out, max_minutes=args.max_minutes, resume=args.resume,
+                               reporter=_reporter(args.no_progress, unit="steps"))
+        except DenoiserError as exc:
+            raise UserError(str(exc)) from None
+    print(f"wrote {args.out}: {s['steps']} steps in {s['seconds']:.0f} s on {s['device']}, "
+          f"loss {s['loss_first']:.4f} -> {s['loss_final']:.4f}")
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    from .denoise import Denoiser, DenoiserError, denoise_source  # noqa: PLC0415
+
+    _check_stack_flags(args)
+    cfg = config_from_args(args, {})
+    try:
+        den = Denoiser.from_file(args.model, cfg.denoiser.device, cfg.denoiser.batch)
+        with _open(args, cfg) as source:
+            s = denoise_source(den, source, args.out, reporter=_reporter(args.no_progress))
+    except DenoiserError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote {s['out']}: {s['frames']} denoised frames in {s['seconds']:.1f} s")
+    return 0
+
+
 def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         config_from_args(args, {})
@@ -448,6 +490,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "record": cmd_record,
     "live": cmd_live,
     "process": cmd_process,
+    "train-denoiser": cmd_train_denoiser,
+    "denoise": cmd_denoise,
     **{name: _not_built(name) for name in NOT_BUILT},
 }
 

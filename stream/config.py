@@ -27,6 +27,7 @@ __all__ = [
     "MicroscopeConfig",
     "SampleConfig",
     "SimulateConfig",
+    "DenoiserConfig",
     "StreamConfig",
     "FrameConfig",
     "WindowConfig",
@@ -502,6 +503,84 @@ class FrameConfig:
 
 
 @dataclass
+class DenoiserConfig:
+    """The self-supervised denoiser (paper, Methods "Model architectures", "Training details").
+
+    Attributes
+    ----------
+    model : str
+        Model file for the live pipeline ("": none; the classical fallback is used and said).
+    context : int
+        Frames the network sees (the frame and its neighbours); paper: 5.
+    channels, blocks : int
+        Architecture: feature channels and feature-fusion blocks; paper: 24 and 14.
+    neighbour_kernel : int
+        Kernel of the neighbours' first convolution, px; paper: 3.
+    train_crop_px : int
+        Side of the random training crops, px (paper: 256 on a GPU; smaller trains faster on a CPU).
+    train_batch : int
+        Crops per step; paper: 16.
+    train_lr : float
+        Peak learning rate of RAdam; paper: 1e-3.
+    train_steps : int
+        Optimiser steps (shortened to fit ``--max-minutes``; the cosine schedule then ends on time).
+    train_warmup_steps : int
+        Linear warm-up steps before the cosine decay.
+    train_samples : int
+        Frame stacks cut around tracked particles for training (the held-out ones come after).
+    train_holdout : float
+        Fraction of the recording's frames, at its end, kept out of training.
+    checkpoint_every_s : float
+        A resumable checkpoint is written at least this often, s.
+    fallback_sigma_px : float
+        Without a model: the 5-frame average is smoothed by a Gaussian of this sigma, px.
+    batch : int
+        Crops per inference batch.
+    backlog : int
+        Crops waiting for inference at most; beyond, non-lattice crops are skipped first (counted).
+    device : str
+        "auto" (CUDA when available), "cpu" or "cuda".
+    """
+
+    model: str = ""
+    context: int = 5
+    channels: int = 24
+    blocks: int = 14
+    neighbour_kernel: int = 3
+    train_crop_px: int = 96
+    train_batch: int = 16
+    train_lr: float = 1e-3
+    train_steps: int = 3000
+    train_warmup_steps: int = 100
+    train_samples: int = 2000
+    train_holdout: float = 0.1
+    checkpoint_every_s: float = 60.0
+    fallback_sigma_px: float = 1.5
+    batch: int = 8
+    backlog: int = 64
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.context < 1 or self.context % 2 == 0:
+            raise ConfigError(f"denoiser.context must be an odd number of frames, got {self.context}")
+        if self.neighbour_kernel < 1 or self.neighbour_kernel % 2 == 0:
+            raise ConfigError(f"denoiser.neighbour_kernel must be odd, got {self.neighbour_kernel}")
+        for name in ("channels", "train_batch", "train_steps", "train_samples", "batch", "backlog"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"denoiser.{name} must be >= 1, got {getattr(self, name)}")
+        if self.blocks < 0 or self.train_warmup_steps < 0:
+            raise ConfigError("denoiser.blocks and denoiser.train_warmup_steps must be >= 0")
+        if self.train_crop_px < 16:
+            raise ConfigError(f"denoiser.train_crop_px must be >= 16 px, got {self.train_crop_px}")
+        if not 0 <= self.train_holdout < 1:
+            raise ConfigError(f"denoiser.train_holdout must be in [0, 1), got {self.train_holdout}")
+        for name in ("train_lr", "checkpoint_every_s", "fallback_sigma_px"):
+            _positive(f"denoiser.{name}", getattr(self, name))
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"denoiser.device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass
 class WindowConfig:
     """Rolling windows and orientation coverage.
 
@@ -551,6 +630,7 @@ class RunConfig:
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     frames: FrameConfig = field(default_factory=FrameConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     windows: WindowConfig = field(default_factory=WindowConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)

@@ -450,6 +450,8 @@ class FrameAnalysis:
         self._series: SeriesStart | None = None
         self._setup: tuple | None = None
         self._holding: dict[int, Track] = {}  # tracks with rows waiting for the smoother
+        #: called with every finished row (a dict of the ``frames.csv`` fields), in file order
+        self.sink: Any = None
 
     # -- setup per series ----------------------------------------------------------------
     def prepare(self, series: SeriesStart) -> None:
@@ -583,6 +585,8 @@ class FrameAnalysis:
 
     def _write(self, row: dict[str, Any]) -> None:
         self.latest[row["particle"]] = row
+        if self.sink is not None:
+            self.sink(row)
         if self.table is not None:
             self.table.write([
                 row["frame"], f"{row['t_s']:.6f}", row["particle"], _fmt(row["x_px"], 2), _fmt(row["y_px"], 2),
@@ -591,6 +595,11 @@ class FrameAnalysis:
                 row["reflection"], _fmt(row["snr_db"], 2), _fmt(row["position_z"], 2), _fmt(row["presence"], 2),
                 _fmt(row["diameter_frame_nm"], 3),
             ])
+
+    def active_tracks(self) -> list[tuple[int, float, float]]:
+        """``(particle, x, y)`` (filtered centre, frame px) of every active track, now."""
+        tracker = self._setup[1]["tracker"] if self._setup else None
+        return [(t.id, t.x, t.y) for t in tracker.active()] if tracker else []
 
     def counters(self) -> dict[str, Any]:
         """What the dashboard and ``summary.json`` show."""

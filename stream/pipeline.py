@@ -8,7 +8,9 @@ give the same results. A pipeline is a list of stages (house style: small classe
 
 The stages by default (:func:`default_stages`): the per-frame analysis
 (:class:`~btomo.stream.frames.FrameAnalysis`: tracking, lattice score, diameter, orientation,
-SNR, into ``frames.csv``). Windows and reconstruction come with their issues; ``summary.json``
+SNR, into ``frames.csv``) and the denoiser of the tracked crops
+(:class:`~btomo.stream.denoise.DenoiseStage`: the model of ``denoiser.model``, else the
+classical fallback; off the frame loop, bounded backlog). Windows and reconstruction come with their issues; ``summary.json``
 says which stages ran.
 """
 from __future__ import annotations
@@ -43,9 +45,11 @@ class Stage(Protocol):
 
 def default_stages(cfg: RunConfig, run_dir: Path | None) -> tuple[Stage, ...]:
     """The stages ``btomo live`` and ``btomo process`` run, in order."""
+    from .denoise import DenoiseStage  # noqa: PLC0415 - torch is imported only when a pipeline runs
     from .frames import FrameAnalysis  # noqa: PLC0415
 
-    return (FrameAnalysis(cfg, run_dir),)
+    frames = FrameAnalysis(cfg, run_dir)
+    return (frames, DenoiseStage(cfg, frames))
 
 
 def versions() -> dict[str, str]:

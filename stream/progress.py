@@ -49,7 +49,11 @@ class LogReporter:
         if now - self._last >= self.every_s:
             self._last = now
             rate = self.done / max(now - self.t0, 1e-9)
-            self.log.info("%s: %d/%s (%.1f/s)", self.desc, self.done, self.total or "?", rate)
+            info = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in state.items())
+            self.log.info("%s: %d/%s (%.1f/s) %s", self.desc, self.done, self.total or "?", rate, info)
+
+    def retotal(self, total: int) -> None:
+        self.total = total
 
     def end(self) -> None:
         dt = time.monotonic() - self.t0
@@ -59,7 +63,8 @@ class LogReporter:
 class RichReporter:
     """A rich progress bar with rate and ETA (written to stderr)."""
 
-    def __init__(self, console=None):
+    def __init__(self, console=None, unit: str = "frames"):
+        self.unit = unit
         from rich.progress import (  # noqa: PLC0415 - rich only where a bar is shown
             BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
             TimeElapsedColumn, TimeRemainingColumn,
@@ -67,7 +72,8 @@ class RichReporter:
 
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
         )
 
@@ -75,12 +81,17 @@ class RichReporter:
         self._t0 = time.monotonic()
         self._done = 0
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total, rate="")
+        self._task = self._progress.add_task(description, total=total, rate="", info="")
 
     def update(self, advance: int = 1, **state: object) -> None:
         self._done += advance
         rate = self._done / max(time.monotonic() - self._t0, 1e-9)
-        self._progress.update(self._task, advance=advance, rate=f"{rate:6.1f} frames/s")
+        info = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in state.items())
+        self._progress.update(self._task, advance=advance, rate=f"{rate:6.1f} {self.unit}/s", info=info)
+
+    def retotal(self, total: int) -> None:
+        """The work turned out to be ``total`` items (e.g. a time limit shortened it)."""
+        self._progress.update(self._task, total=total)
 
     def end(self) -> None:
         self._progress.stop()
