@@ -464,7 +464,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     _check_stack_flags(args)
     cfg = config_from_args(args, {})
     try:
-        den = Denoiser.from_file(args.model, cfg.denoiser.device, cfg.denoiser.batch)
+        den = Denoiser.from_file(args.model, cfg.denoiser.device, cfg.denoiser.batch, cfg.denoiser.bf16)
         with _open(args, cfg) as source:
             s = denoise_source(den, source, args.out, reporter=_reporter(args.no_progress))
     except DenoiserError as exc:

@@ -259,7 +259,8 @@ def denoise_quality(recording: str | Path, methods: dict[str, Any], *, first: in
     # the truth itself: the ceiling of the adjacent-frame SNR (the particle moves and turns)
     clean_a = np.stack(cleans)
     all_methods["clean (truth)"] = lambda s: np.pad(clean_a, ((0, 0), (margin, margin), (margin, margin)))
-    flat_mse = None
+    flat_out = all_methods["flat"](stacks_a)[:, inner[0], inner[1]]
+    flat_mse = np.array([np.mean((o[m] - c[m]) ** 2) for o, c, m in zip(flat_out, cleans, masks)])
     for name, fn in all_methods.items():
         out = np.asarray(fn(stacks_a))[:, inner[0], inner[1]]
         ps = [psnr(o, c) for o, c in zip(out, cleans)]
@@ -267,14 +268,11 @@ def denoise_quality(recording: str | Path, methods: dict[str, Any], *, first: in
         pp = [psnr(o[m], c[m]) for o, c, m in zip(out, cleans, masks)]
         sp = [ssim(o, c, mask=m) for o, c, m in zip(out, cleans, masks)]
         mse = np.array([np.mean((o[m] - c[m]) ** 2) for o, c, m in zip(out, cleans, masks)])
-        if flat_mse is None or name == "flat":
-            flat_mse = mse if name == "flat" else flat_mse
         corr = [_corr(out[i], out[i + 1]) for i in range(0, len(out), 2)]
         p = float(np.nanmean(corr)) if np.isfinite(corr).any() else math.nan
         results[name] = {"psnr_db": float(np.mean(ps)), "ssim": float(np.mean(ss)),
                          "psnr_particle_db": float(np.mean(pp)), "ssim_particle": float(np.mean(sp)),
                          "adjacent_p": p, "adjacent_snr_db": snr_db_from_correlation(p), "pairs": len(corr)}
-        if flat_mse is not None:
-            m = float(np.mean(mse))
-            results[name]["gain_over_flat_db"] = float(10.0 * np.log10(np.mean(flat_mse) / m)) if m > 0 else math.inf
+        m = float(np.mean(mse))
+        results[name]["gain_over_flat_db"] = float(10.0 * np.log10(np.mean(flat_mse) / m)) if m > 0 else math.inf
     return results

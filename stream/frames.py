@@ -382,6 +382,7 @@ class FramesTable:
 
     def __init__(self, path: Path, every_s: float = 1.0):
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.writer = csv.writer(self.fh)
         self.writer.writerow(FRAME_COLUMNS)

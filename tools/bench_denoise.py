@@ -64,8 +64,6 @@ def main() -> None:
             if den is None:
                 rate = base
             else:
-                if name == "bf16" and dev == "cpu":
-                    den.bf16 = True  # CPU autocast: worth knowing whether it helps here
                 rate = _rate(den, stacks, args.seconds)
             mpx = rate * size * size / 1e6
             print(f"| {dev} | {size} | {args.batch} | {name} | {rate:.1f} | {mpx:.2f} | {mpx / PAPER_MPX_S:.2f} | "

@@ -44,6 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = dict(s.split("=", 1) for s in args.set)
+    args.out.mkdir(parents=True, exist_ok=True)
     rec = args.recording
     if rec is None:
         rec = args.out / "rec"

@@ -53,3 +53,19 @@ def test_normalise_stack_numpy_and_torch_agree():
     n2, m2, s2 = normalise_stack(torch.from_numpy(a))
     assert n1.shape == a.shape and np.allclose(n1.mean(axis=(1, 2, 3)), 0, atol=1e-5)
     assert np.allclose(n1, n2.numpy(), atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_matches_cpu_fp32_and_bf16():
+    torch.manual_seed(3)
+    net = BlindSpotNet(DenoiserSpec(channels=16, blocks=4)).eval()
+    x = torch.randn(4, 5, 96, 96)
+    with torch.inference_mode():
+        ref = net(x)
+        gpu = net.cuda().to(memory_format=torch.channels_last)
+        out = gpu(x.cuda().contiguous(memory_format=torch.channels_last)).cpu()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half = gpu(x.cuda()).float().cpu()
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-3)
+    assert torch.sqrt(torch.mean((half - ref) ** 2)) < 0.05 * ref.std()

@@ -80,6 +80,8 @@ def test_model_file_round_trip_and_bad_files(trained, tmp_path):
     save_model(tmp_path / "copy.pt", net, meta)
     y2 = Denoiser(load_model(tmp_path / "copy.pt")[0])(x)
     assert y1.shape == (2, 40, 40) and np.array_equal(y1, y2)
+    y3 = Denoiser(net, bf16=True)(x)  # bf16 autocast: close to fp32
+    assert np.sqrt(np.mean((y3 - y1) ** 2)) < 0.1 * y1.std() + 1e-3
     data = model.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(DenoiserError, match="not a readable model file"):
@@ -170,3 +172,26 @@ def test_cli_train_then_denoise_to_mrc_and_zarr(recording, tmp_path, capsys):
     assert main(["denoise", str(tmp_path / "six.mrc"), "--model", str(tmp_path / "none.pt"),
                  "--out", str(tmp_path / "e.mrc"), "--fps", "400"]) == 2
     assert "model file not found" in capsys.readouterr().err
+
+
+def test_pipeline_with_a_model_denoises_lattice_crops_first(recording, trained, tmp_path):
+    from btomo.stream.denoise import DenoiseStage
+    from btomo.stream.frames import FrameAnalysis
+
+    rec, _ = recording
+    model, _, _ = trained
+    cfg = load_config(rec / "config.toml", overrides={"denoiser.model": str(model), "denoiser.backlog": 4,
+                                                      "denoiser.batch": 4})
+    got = []
+    frames = FrameAnalysis(cfg, tmp_path / "run")
+    stage = DenoiseStage(cfg, frames, sink=lambda row, crop: got.append((row["lattice"], crop.shape)))
+    with open_source(rec) as src:
+        summary = run_process(cfg, src, tmp_path / "run", stages=(frames, stage))
+    den = summary["stage_results"]["denoise"]
+    rows = summary["stage_results"]["frames"]["particle_frames"]
+    assert den["method"] == "network" and den["denoised"] == len(got) > 0
+    assert den["denoised"] + sum(den["skipped"].values()) == rows  # every row accounted for
+    assert all(shape == (cfg.frames.box_px, cfg.frames.box_px) for _, shape in got)
+    if den["skipped"]["backlog_full"] + den["skipped"]["displaced"]:  # it fell behind: lattice first
+        lattice_share = np.mean([lat for lat, _ in got])
+        assert lattice_share >= summary["stage_results"]["frames"]["lattice_fraction"]
