@@ -270,9 +270,13 @@ def denoise_quality(recording: str | Path, methods: dict[str, Any], *, first: in
         mse = np.array([np.mean((o[m] - c[m]) ** 2) for o, c, m in zip(out, cleans, masks)])
         corr = [_corr(out[i], out[i + 1]) for i in range(0, len(out), 2)]
         p = float(np.nanmean(corr)) if np.isfinite(corr).any() else math.nan
+        corr_d = [_corr(out[i][masks[i]], out[i + 1][masks[i]]) for i in range(0, len(out), 2)]
+        p_d = float(np.nanmean(corr_d)) if np.isfinite(corr_d).any() else math.nan
         results[name] = {"psnr_db": float(np.mean(ps)), "ssim": float(np.mean(ss)),
                          "psnr_particle_db": float(np.mean(pp)), "ssim_particle": float(np.mean(sp)),
-                         "adjacent_p": p, "adjacent_snr_db": snr_db_from_correlation(p), "pairs": len(corr)}
+                         "adjacent_p": p, "adjacent_snr_db": snr_db_from_correlation(p),
+                         "adjacent_p_particle": p_d, "adjacent_snr_particle_db": snr_db_from_correlation(p_d),
+                         "pairs": len(corr)}
         m = float(np.mean(mse))
         results[name]["gain_over_flat_db"] = float(10.0 * np.log10(np.mean(flat_mse) / m)) if m > 0 else math.inf
     return results

@@ -27,7 +27,8 @@ from btomo.stream.sources import open_source
 
 COLUMNS = [("PSNR crop (dB)", "psnr_db", 2), ("SSIM crop", "ssim", 3), ("PSNR particle (dB)", "psnr_particle_db", 2),
            ("SSIM particle", "ssim_particle", 3), ("gain over flat (dB)", "gain_over_flat_db", 2),
-           ("adjacent p", "adjacent_p", 3), ("adjacent SNR (dB)", "adjacent_snr_db", 1)]
+           ("adjacent p", "adjacent_p", 3), ("adjacent SNR (dB)", "adjacent_snr_db", 1),
+           ("adjacent SNR particle (dB)", "adjacent_snr_particle_db", 1)]
 
 
 def main() -> None:
