@@ -1,0 +1,56 @@
+"""The window store: whole-chunk writes from a thread into a Zarr v3 group, read back by zarr."""
+import numpy as np
+import pytest
+import zarr
+
+from btomo.stream.windows import META_ARRAYS, WindowWriter, window_name
+
+
+def _meta(start, k):
+    f = np.arange(start, start + k)
+    return {"frame": f, "t_s": f / 400.0, "x_px": f + 0.5, "y_px": f - 0.5, "fft_peak": np.full(k, 0.2)}
+
+
+def test_windows_round_trip_and_complete_only_when_closed(tmp_path):
+    rng = np.random.default_rng(0)
+    w = WindowWriter(tmp_path / "windows.zarr", box=32, pixel_size_A=0.358, chunk_frames=16, queue_chunks=2)
+    data = {}
+    for p in (0, 1):
+        name = window_name(p, 0)
+        w.open_window(name, {"particle": p, "t_start_s": 0.0})
+        crops = rng.normal(size=(40, 32, 32)).astype(np.float32)
+        for i in range(0, 40, 16):  # two whole chunks and a last partial one
+            w.append(name, crops[i:i + 16], _meta(i, len(crops[i:i + 16])))
+        data[name] = crops
+    w.close_window(window_name(0, 0), {"t_end_s": 0.1, "coverage": 0.93, "diameter_nm": 1.9})
+    # window p1 is left open: the writer stops without closing it
+    counters = w.close()
+    assert counters["crops"] == 80 and counters["windows_complete"] == 1 and not counters["failed"]
+    root = zarr.open_group(str(tmp_path / "windows.zarr"), mode="r")
+    assert root.metadata.zarr_format == 3
+    g0, g1 = root[window_name(0, 0)], root[window_name(1, 0)]
+    np.testing.assert_array_equal(g0["frames"][:], data[window_name(0, 0)])
+    np.testing.assert_array_equal(g1["frames"][:], data[window_name(1, 0)])
+    assert g0.attrs["complete"] is True and g1.attrs["complete"] is False
+    assert g0.attrs["coverage"] == 0.93 and g0.attrs["particle"] == 0 and g0.attrs["pixel_size_A"] == 0.358
+    for key in META_ARRAYS:
+        assert g0[key].shape == (40,)
+    np.testing.assert_array_equal(g0["frame"][:], np.arange(40))
+    assert g0["frames"].chunks == (16, 32, 32)
+
+
+def test_bad_appends_are_refused_and_a_failed_window_does_not_stop_the_writer(tmp_path):
+    w = WindowWriter(tmp_path / "w.zarr", box=8, pixel_size_A=0.358, chunk_frames=4)
+    with pytest.raises(ValueError, match=r"expected \(k, 8, 8\) crops"):
+        w.append("x", np.zeros((4, 8, 9)), _meta(0, 4))
+    with pytest.raises(ValueError, match="metadata arrays missing"):
+        w.append("x", np.zeros((4, 8, 8)), {"frame": np.arange(4)})
+    w.open_window("a", {"particle": 0})
+    w.open_window("a", {"particle": 0})  # exists: this operation fails, counted
+    w.append("b", np.zeros((4, 8, 8)), _meta(0, 4))  # never opened: fails, counted
+    w.open_window("c", {"particle": 1})
+    w.append("c", np.ones((4, 8, 8)), _meta(0, 4))
+    w.close_window("c", {})
+    c = w.close()
+    assert set(c["failed"]) == {"a", "b"} and c["windows_complete"] == 1
+    assert zarr.open_group(str(tmp_path / "w.zarr"), mode="r")["c"].attrs["complete"] is True
