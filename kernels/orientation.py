@@ -1,0 +1,152 @@
+"""Orientation of a crystalline particle from the lattice peaks of one frame, and its tracking.
+
+A lattice frame shows the fringes of the reflections ``g`` whose planes are nearly edge-on: in lab
+coordinates ``R g`` has a small component along the beam (within the particle's shape transform,
+about ``1 / D``), and its image-plane part is where the peak sits in the crop's FFT. So an
+orientation ``R`` (body -> lab) predicts the peak pattern, and :func:`peak_match_score` says how
+well it explains the observed peaks (:func:`lattice_peaks`). The FCC lattice has the cubic
+point group, so symmetry mates score the same: one frame places the particle modulo 24
+rotations. :class:`OrientationFilter` tracks the full orientation through a series with a
+particle filter: Brownian rotation between frames (the rotational diffusion), the peak score
+as the likelihood; because full orientations of symmetry mates are at least 90 deg apart, a
+filter that moves a few degrees per frame stays on one branch, and the views it reports form a
+trajectory that is right up to one global rotation (which leaves coverage unchanged).
+
+Status: validated against the simulator's truth in ``tools/proto_orientation_filter.py`` and
+docs/windows.md; the window stage that uses it is the next step of issue 6.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .frames import box_sum
+from .rotation import quat_from_rotvec, quat_multiply, quat_normalize, quat_to_matrix, random_quaternion
+from .xp import array_namespace, to_numpy
+
+__all__ = ["fcc_reflections", "lattice_peaks", "peak_match_score", "OrientationFilter"]
+
+
+def fcc_reflections(lattice_A: float = 3.92, planes: tuple[tuple[int, int, int], ...] = ((1, 1, 1), (2, 0, 0), (2, 2, 0))
+                    ) -> np.ndarray:
+    """Reciprocal vectors (1/A, body frame) of the FCC reflections of the families ``planes``
+    (all signs and permutations; FCC: h, k, l all odd or all even), shape (n, 3)."""
+    wanted = {sum(c * c for c in p) for p in planes}
+    out = [(h, k, l) for h in range(-4, 5) for k in range(-4, 5) for l in range(-4, 5)
+           if (h, k, l) != (0, 0, 0) and len({h % 2, k % 2, l % 2}) == 1 and h * h + k * k + l * l in wanted]
+    return np.array(out, dtype=np.float64) / lattice_A
+
+
+def lattice_peaks(power, band, floor: float, min_ratio: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """Lattice peaks of a crop's power spectrum (full FFT layout).
+
+    Local maxima of the 3x3-summed ``power`` inside ``band`` that stand ``min_ratio`` times above
+    the noise expected in 3x3 bins (``9 floor``). Returns their positions ``(m, 2)`` as signed
+    FFT bins ``(kx, ky)`` (x = column) and weights ``(m,)``: the ratio minus 1.
+    """
+    xp = array_namespace(power)
+    s = box_sum(power, 1)
+    sb = xp.where(band, s, 0.0)
+    loc = sb > min_ratio * 9.0 * floor
+    for axis in (0, 1):
+        loc &= (sb >= xp.roll(sb, 1, axis)) & (sb >= xp.roll(sb, -1, axis))
+    iy, ix = (to_numpy(a) for a in xp.nonzero(loc))
+    n0, n1 = power.shape
+    ky = (iy + n0 // 2) % n0 - n0 // 2
+    kx = (ix + n1 // 2) % n1 - n1 // 2
+    vals = to_numpy(sb[loc]).astype(np.float64)
+    return np.stack([kx, ky], axis=1).astype(np.float64), vals / (9.0 * floor) - 1.0
+
+
+def peak_match_score(rotations: np.ndarray, reflections: np.ndarray, peaks: np.ndarray, weights: np.ndarray, *,
+                     box: int, pixel_size_A: float, diameter_A: float, sigma_bins: float = 1.5) -> np.ndarray:
+    """How well each orientation explains the observed peaks (0-1).
+
+    For each observed peak, the best-matching predicted reflection counts with its visibility
+    ``exp(-(R g)_z^2 / (2 s_z^2))`` (``s_z = 1 / (1.5 D)``: the particle's shape transform) times a
+    Gaussian of the distance in FFT bins; the peaks' weights average the result.
+
+    Parameters
+    ----------
+    rotations : (n, 3, 3)
+        Body -> lab rotation matrices.
+    reflections : (g, 3)
+        Body-frame reciprocal vectors, 1/A.
+    peaks, weights : (m, 2), (m,)
+        From :func:`lattice_peaks`.
+    box : int
+        Crop side, px.
+    pixel_size_A, diameter_A : float
+    sigma_bins : float
+        Peak position tolerance, FFT bins.
+    """
+    if len(peaks) == 0:
+        return np.zeros(len(rotations))
+    k = np.einsum("nij,gj->ngi", rotations, reflections)
+    s_z = 1.0 / (1.5 * diameter_A)
+    vis = np.exp(-k[..., 2] ** 2 / (2.0 * s_z * s_z))
+    kxy = k[..., :2] * (box * pixel_size_A)
+    d2 = ((kxy[:, None, :, :] - peaks[None, :, None, :]) ** 2).sum(-1)
+    match = (vis[:, None, :] * np.exp(-d2 / (2.0 * sigma_bins**2))).max(-1)
+    return (match * weights[None, :]).sum(-1) / max(float(weights.sum()), 1e-12)
+
+
+class OrientationFilter:
+    """Particle filter on orientations (see the module).
+
+    Parameters
+    ----------
+    rot_diffusion_rad2_s : float
+        Rotational diffusion assumed between frames, rad^2/s.
+    fps : float
+    particles : int
+        Orientations kept after resampling (the first update starts from ``8 x`` as many, uniform).
+    sharpness : float
+        Likelihood ``exp(sharpness x score)``.
+    stick_deg : float
+        The reported orientation is the heaviest particle within this angle of the previous report
+        (when they hold at least ``min_weight`` of the posterior), so the report stays on a branch.
+    floor_rad : float
+        Extra random turn per update, rad (model error).
+    seed : int
+    """
+
+    def __init__(self, *, rot_diffusion_rad2_s: float, fps: float, particles: int = 3000, sharpness: float = 8.0,
+                 stick_deg: float = 30.0, min_weight: float = 0.05, floor_rad: float = 0.02, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.d_r, self.fps = rot_diffusion_rad2_s, fps
+        self.n, self.sharpness = particles, sharpness
+        self.stick, self.min_weight, self.floor = stick_deg, min_weight, floor_rad
+        self.q = random_quaternion(self.rng, 8 * particles)
+        self.w = np.full(len(self.q), 1.0 / len(self.q))
+        self.last_frame: int | None = None
+        self.report: np.ndarray | None = None
+        self.updates = 0
+
+    def update(self, frame: int, score_fn) -> np.ndarray:
+        """Advance to ``frame`` (diffusion since the last update) and weigh the particles by
+        ``score_fn(rotation matrices (n, 3, 3)) -> (n,)``; returns the reported quaternion."""
+        if self.last_frame is not None:
+            gap = max(frame - self.last_frame, 1)
+            s = math.sqrt(2.0 * self.d_r * gap / self.fps) + self.floor
+            turn = quat_from_rotvec(self.rng.normal(0.0, s, (len(self.q), 3)))
+            self.q = quat_normalize(quat_multiply(turn, self.q))
+        self.last_frame = frame
+        score = np.asarray(score_fn(quat_to_matrix(self.q)), dtype=np.float64)
+        lw = np.log(self.w + 1e-300) + self.sharpness * score
+        w = np.exp(lw - lw.max())
+        w /= w.sum()
+        best = int(np.argmax(w))
+        if self.report is not None:
+            ang = 2.0 * np.degrees(np.arccos(np.clip(np.abs(self.q @ self.report), 0.0, 1.0)))
+            near = ang < self.stick
+            if w[near].sum() > self.min_weight:
+                best = int(np.flatnonzero(near)[np.argmax(w[near])])
+        self.report = self.q[best].copy()
+        # systematic resampling to n particles
+        u = (self.rng.random() + np.arange(self.n)) / self.n
+        idx = np.minimum(np.searchsorted(np.cumsum(w), u), len(w) - 1)
+        self.q, self.w = self.q[idx], np.full(self.n, 1.0 / self.n)
+        self.updates += 1
+        return self.report
