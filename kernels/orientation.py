@@ -110,14 +110,18 @@ class OrientationFilter:
     floor_rad : float
         Extra random turn per update, rad (model error).
     seed : int
+    mean_report : bool
+        Report the posterior mean of the branch rather than its heaviest particle (default).
     """
 
     def __init__(self, *, rot_diffusion_rad2_s: float, fps: float, particles: int = 3000, sharpness: float = 8.0,
-                 stick_deg: float = 30.0, min_weight: float = 0.05, floor_rad: float = 0.02, seed: int = 0):
+                 stick_deg: float = 30.0, min_weight: float = 0.05, floor_rad: float = 0.02, seed: int = 0,
+                 mean_report: bool = False):
         self.rng = np.random.default_rng(seed)
         self.d_r, self.fps = rot_diffusion_rad2_s, fps
         self.n, self.sharpness = particles, sharpness
         self.stick, self.min_weight, self.floor = stick_deg, min_weight, floor_rad
+        self.mean_report = mean_report
         self.q = random_quaternion(self.rng, 8 * particles)
         self.w = np.full(len(self.q), 1.0 / len(self.q))
         self.last_frame: int | None = None
@@ -138,12 +142,23 @@ class OrientationFilter:
         w = np.exp(lw - lw.max())
         w /= w.sum()
         best = int(np.argmax(w))
+        branch = None
         if self.report is not None:
             ang = 2.0 * np.degrees(np.arccos(np.clip(np.abs(self.q @ self.report), 0.0, 1.0)))
             near = ang < self.stick
             if w[near].sum() > self.min_weight:
                 best = int(np.flatnonzero(near)[np.argmax(w[near])])
-        self.report = self.q[best].copy()
+                branch = near
+        if self.mean_report:
+            # the posterior mean on the reported branch: the weighted average of the particles
+            # within stick_deg of the best one (the principal eigenvector of sum w q q^T)
+            ang = 2.0 * np.degrees(np.arccos(np.clip(np.abs(self.q @ self.q[best]), 0.0, 1.0)))
+            sel = ang < self.stick if branch is None else branch & (ang < self.stick)
+            qs, ws = self.q[sel], w[sel]
+            _, vecs = np.linalg.eigh((qs * ws[:, None]).T @ qs)
+            self.report = quat_normalize(vecs[:, -1])
+        else:
+            self.report = self.q[best].copy()
         # systematic resampling to n particles
         u = (self.rng.random() + np.arange(self.n)) / self.n
         idx = np.minimum(np.searchsorted(np.cumsum(w), u), len(w) - 1)

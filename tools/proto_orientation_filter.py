@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--particles", type=int, default=3000)
     ap.add_argument("--sharpness", type=float, default=8.0)
     ap.add_argument("--stick", type=float, default=30.0)
+    ap.add_argument("--mean", action="store_true", help="report the branch's posterior mean, not its heaviest particle")
     ap.add_argument("--rot-diffusion", type=float, default=0.3, help="rad^2/s assumed by the filter")
     ap.add_argument("--box", type=int, default=160)
     ap.add_argument("--diameter-A", type=float, default=20.0)
@@ -45,7 +46,8 @@ def main() -> None:
     disc = soft_disc(box, args.diameter_A / pix / 2 + 6, 6.0, np)
     g = fcc_reflections()
     filt = OrientationFilter(rot_diffusion_rad2_s=args.rot_diffusion, fps=rec.fps, particles=args.particles,
-                             sharpness=args.sharpness, stick_deg=args.stick)
+                             sharpness=args.sharpness, stick_deg=args.stick,
+                             mean_report=args.mean)
     ops = cubic_rotations()
     cov_est, cov_true = Coverage(2500, 15.0), Coverage(2500, 15.0)
     errs, log, t0 = [], [], time.perf_counter()
