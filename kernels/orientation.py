@@ -38,25 +38,43 @@ def fcc_reflections(lattice_A: float = 3.92, planes: tuple[tuple[int, int, int],
     return np.array(out, dtype=np.float64) / lattice_A
 
 
-def lattice_peaks(power, band, floor: float, min_ratio: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+def lattice_peaks(power, band, floor: float | None = None, min_ratio: float = 6.0, max_peaks: int = 12
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Lattice peaks of a crop's power spectrum (full FFT layout).
 
     Local maxima of the 3x3-summed ``power`` inside ``band`` that stand ``min_ratio`` times above
-    the noise expected in 3x3 bins (``9 floor``). Returns their positions ``(m, 2)`` as signed
-    FFT bins ``(kx, ky)`` (x = column) and weights ``(m,)``: the ratio minus 1.
+    the noise expected in 3x3 bins. The noise per bin is ``floor`` when given, else estimated
+    ring by ring (the median / ln 2 of each 1-bin-wide ring of the band): a denoised or
+    detector-filtered crop has a background that falls with frequency. At most ``max_peaks``, the
+    strongest. Returns positions ``(m, 2)`` as signed FFT bins ``(kx, ky)`` (x = column) and
+    weights ``(m,)``: the ratio minus 1.
     """
     xp = array_namespace(power)
-    s = box_sum(power, 1)
-    sb = xp.where(band, s, 0.0)
-    loc = sb > min_ratio * 9.0 * floor
-    for axis in (0, 1):
-        loc &= (sb >= xp.roll(sb, 1, axis)) & (sb >= xp.roll(sb, -1, axis))
-    iy, ix = (to_numpy(a) for a in xp.nonzero(loc))
     n0, n1 = power.shape
+    s = box_sum(power, 1)
+    if floor is None:
+        fy = xp.fft.fftfreq(n0)[:, None] * n0
+        fx = xp.fft.fftfreq(n1)[None, :] * n1
+        ring = xp.round(xp.sqrt(fy * fy + fx * fx)).astype(int)
+        rings = to_numpy(ring[band])
+        vals = to_numpy(power[band])
+        noise = np.zeros(int(rings.max()) + 2)
+        for r in np.unique(rings):
+            noise[r] = float(np.median(vals[rings == r])) / math.log(2.0)
+        noise_map = xp.asarray(noise)[xp.clip(ring, 0, len(noise) - 1)]
+    else:
+        noise_map = xp.full(power.shape, float(floor))
+    ratio = xp.where(band, s / (9.0 * xp.maximum(noise_map, 1e-30)), 0.0)
+    loc = ratio > min_ratio
+    for axis in (0, 1):
+        loc &= (ratio >= xp.roll(ratio, 1, axis)) & (ratio >= xp.roll(ratio, -1, axis))
+    iy, ix = (to_numpy(a) for a in xp.nonzero(loc))
+    r = to_numpy(ratio[loc]).astype(np.float64)
+    keep = np.argsort(-r)[:max_peaks]
+    iy, ix, r = iy[keep], ix[keep], r[keep]
     ky = (iy + n0 // 2) % n0 - n0 // 2
     kx = (ix + n1 // 2) % n1 - n1 // 2
-    vals = to_numpy(sb[loc]).astype(np.float64)
-    return np.stack([kx, ky], axis=1).astype(np.float64), vals / (9.0 * floor) - 1.0
+    return np.stack([kx, ky], axis=1).astype(np.float64), r - 1.0
 
 
 def peak_match_score(rotations: np.ndarray, reflections: np.ndarray, peaks: np.ndarray, weights: np.ndarray, *,

@@ -602,6 +602,17 @@ class WindowConfig:
         Longest window, s (then flagged under-covered).
     max_diameter_change_nm : float
         Close the window when the projected diameter has changed by more than this, nm.
+    symmetry : str
+        Coverage counts views "none" (no symmetry assumed) or "cubic" (a view covers its mates).
+    chunk_frames : int
+        Crops per chunk of a window's ``frames`` array (whole chunks are written).
+    rot_diffusion_rad2_s : float
+        Rotational diffusion the orientation filter assumes between frames, rad^2/s.
+    orientation_particles : int
+        Orientations the filter keeps per particle.
+    orientation_every_frames : int
+        A particle's orientation is updated from at most one lattice frame in this many (every
+        lattice crop still joins its window; the filter bridges the gaps).
     """
 
     directions: int = 2500
@@ -610,8 +621,19 @@ class WindowConfig:
     min_frames: int = 500
     max_seconds: float = 10.0
     max_diameter_change_nm: float = 0.2
+    symmetry: str = "none"
+    chunk_frames: int = 64
+    rot_diffusion_rad2_s: float = 0.3
+    orientation_particles: int = 1500
+    orientation_every_frames: int = 4
 
     def validate(self) -> None:
+        if self.symmetry not in ("none", "cubic"):
+            raise ConfigError(f"windows.symmetry must be 'none' or 'cubic', got {self.symmetry!r}")
+        if self.chunk_frames < 1 or self.orientation_particles < 10 or self.orientation_every_frames < 1:
+            raise ConfigError("windows.chunk_frames and orientation_every_frames must be >= 1, "
+                              "windows.orientation_particles >= 10")
+        _positive("windows.rot_diffusion_rad2_s", self.rot_diffusion_rad2_s)
         if self.directions < 10:
             raise ConfigError(f"windows.directions must be >= 10, got {self.directions}")
         if not 0 < self.coverage_angle_deg <= 90:

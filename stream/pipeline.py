@@ -10,8 +10,10 @@ The stages by default (:func:`default_stages`): the per-frame analysis
 (:class:`~btomo.stream.frames.FrameAnalysis`: tracking, lattice score, diameter, orientation,
 SNR, into ``frames.csv``) and the denoiser of the tracked crops
 (:class:`~btomo.stream.denoise.DenoiseStage`: the model of ``denoiser.model``, else the
-classical fallback; off the frame loop, bounded backlog). Windows and reconstruction come with their issues; ``summary.json``
-says which stages ran.
+classical fallback; off the frame loop, bounded backlog) and the rolling windows of lattice
+crops with their orientation coverage (:class:`~btomo.stream.windows.WindowStage`, into
+``windows.zarr``; only with a run directory). Reconstruction comes with its issue;
+``summary.json`` says which stages ran.
 """
 from __future__ import annotations
 
@@ -48,8 +50,13 @@ def default_stages(cfg: RunConfig, run_dir: Path | None) -> tuple[Stage, ...]:
     from .denoise import DenoiseStage  # noqa: PLC0415 - torch is imported only when a pipeline runs
     from .frames import FrameAnalysis  # noqa: PLC0415
 
+    from .windows import WindowStage  # noqa: PLC0415
+
     frames = FrameAnalysis(cfg, run_dir)
-    return (frames, DenoiseStage(cfg, frames))
+    denoise = DenoiseStage(cfg, frames)
+    if run_dir is None:
+        return (frames, denoise)
+    return (frames, denoise, WindowStage(cfg, run_dir, denoise))
 
 
 def versions() -> dict[str, str]:
@@ -105,6 +112,7 @@ class Pipeline:
 def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: Pipeline, seconds: float,
              stop_reason: str, extra: dict[str, Any]) -> dict[str, Any]:
     built = [s.name for s in pipeline.stages]
+    results = pipeline.finish()  # first: the stages' last rows, windows and jobs land here
     summary = {
         "frames_received": counters.get("frames_received", pipeline.frames),
         "frames_processed": pipeline.frames,
@@ -112,15 +120,15 @@ def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: 
         "frame_gaps": counters.get("frame_gaps", 0),
         "messages_malformed": counters.get("messages_malformed", {}),
         # filled by the stages that compute them; null while those stages are not built
-        "lattice_frames": _stage_value(pipeline, "frames", "lattice_frames"),
-        "windows_closed": None,
+        "lattice_frames": (results.get("frames") or {}).get("lattice_frames"),
+        "windows_closed": (results.get("windows") or {}).get("windows_closed"),
         "reconstructions_done": None,
         "wall_seconds": seconds,
         "stop_reason": stop_reason,
         "series": pipeline.series,
         "series_count": pipeline.series_count,
         "stages": built,
-        "stage_results": pipeline.finish(),
+        "stage_results": results,
         "ingest": counters,
         "versions": versions(),
         **extra,
@@ -129,13 +137,6 @@ def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: 
     tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
     tmp.replace(run_dir / "summary.json")
     return summary
-
-
-def _stage_value(pipeline: Pipeline, stage: str, key: str) -> Any:
-    for s in pipeline.stages:
-        if s.name == stage and hasattr(s, "counters"):
-            return s.counters().get(key)
-    return None
 
 
 def _json_default(o: Any) -> Any:

@@ -16,6 +16,7 @@ dropped; the waits are counted). ``frames`` is compressed with Blosc (lz4, bitsh
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -27,7 +28,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["META_ARRAYS", "WindowWriter", "window_name", "fsync_tree"]
+__all__ = ["META_ARRAYS", "WindowWriter", "WindowStage", "window_name", "fsync_tree"]
 
 #: per-frame metadata arrays of a window and their dtypes
 META_ARRAYS: dict[str, str] = {"frame": "int64", "t_s": "float64", "x_px": "float64", "y_px": "float64",
@@ -193,3 +194,188 @@ class WindowWriter:
         fsync_tree(self.path / name)
         with self._lock:
             self.counters["windows_complete"] += 1
+
+
+# -- the live stage ----------------------------------------------------------------------------
+class _Open:
+    """A particle's window being filled."""
+
+    def __init__(self, name: str, row: dict[str, Any], cov: Any):
+        self.name = name
+        self.t_start = float(row["t_s"])
+        self.t_end = self.t_start
+        self.coverage = cov
+        self.frames = 0
+        self.crops: list[np.ndarray] = []
+        self.meta: dict[str, list] = {k: [] for k in META_ARRAYS}
+        self.diameters: list[float] = []
+        self.diameter_open = math.nan
+
+
+class WindowStage:
+    """Rolling windows of each particle's lattice frames (issue 6; the hand-off to reconstruction
+    comes next).
+
+    Fed by :class:`~btomo.stream.denoise.DenoiseStage` (its ``sink``: every denoised crop with its
+    ``frames.csv`` row, in the denoiser's worker thread, so the frame loop never waits for it).
+    For each lattice crop: the lattice peaks of its power spectrum update the particle's
+    :class:`~btomo.kernels.orientation.OrientationFilter`; the reported view direction updates the
+    window's :class:`~btomo.kernels.coverage.Coverage`; the crop joins the window (written in whole
+    chunks by :class:`WindowWriter`). A window closes when its coverage reaches
+    ``coverage_threshold`` with at least ``min_frames`` lattice frames (``closed_by = coverage``),
+    when it has lasted ``max_seconds`` (``under_covered``), when the projected diameter has moved by
+    more than ``max_diameter_change_nm`` since it opened (``diameter_change``), or at the end of
+    the run (``end_of_run``, flagged ``under_covered`` if short of the threshold).
+    """
+
+    name = "windows"
+
+    def __init__(self, cfg: Any, run_dir: Path, denoise: Any):
+        from btomo.kernels.coverage import Coverage  # noqa: PLC0415
+        from btomo.kernels.frames import band_radii, soft_disc  # noqa: PLC0415
+        from btomo.kernels.orientation import fcc_reflections  # noqa: PLC0415
+
+        self.cfg, self.w = cfg, cfg.windows
+        self.box = cfg.frames.box_px
+        self.pix = cfg.acquisition.pixel_size_A
+        self.writer: WindowWriter | None = None
+        self.run_dir = Path(run_dir)
+        self._coverage = lambda: Coverage(self.w.directions, self.w.coverage_angle_deg, self.w.symmetry)
+        self._open: dict[int, _Open] = {}
+        self._numbers: dict[int, int] = {}
+        self._filters: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self.closed: list[dict[str, Any]] = []
+        self.lattice_crops = 0
+        self.seconds = 0.0
+        k = np.hypot(*np.meshgrid(np.fft.fftfreq(self.box) * self.box, np.fft.fftfreq(self.box) * self.box))
+        r_in, r_out = band_radii(self.box, self.pix)
+        self._band = (k >= r_in) & (k <= r_out)
+        self._disc_fn = soft_disc
+        self._reflections = fcc_reflections(cfg.sample.lattice_A)
+        prev = denoise.sink
+        denoise.sink = lambda row, crop, _prev=prev: (_prev(row, crop) if _prev else None, self.add(row, crop))
+
+    def prepare(self, series: Any) -> None:
+        from btomo.kernels.frames import band_radii  # noqa: PLC0415
+
+        if series.pixel_size_A and series.pixel_size_A != self.pix:
+            self.pix = series.pixel_size_A
+            k = np.hypot(*np.meshgrid(np.fft.fftfreq(self.box) * self.box, np.fft.fftfreq(self.box) * self.box))
+            r_in, r_out = band_radii(self.box, self.pix)
+            self._band = (k >= r_in) & (k <= r_out)
+
+    def process(self, frame: Any) -> None:
+        pass  # fed by the denoiser's sink
+
+    def _ensure_writer(self) -> WindowWriter:
+        if self.writer is None:
+            self.writer = WindowWriter(self.run_dir / "windows.zarr", box=self.box, pixel_size_A=self.pix,
+                                       chunk_frames=self.w.chunk_frames)
+        return self.writer
+
+    def _view(self, particle: int, row: dict[str, Any], crop: np.ndarray) -> np.ndarray | None:
+        from btomo.kernels.coverage import view_directions  # noqa: PLC0415
+        from btomo.kernels.orientation import OrientationFilter, lattice_peaks, peak_match_score  # noqa: PLC0415
+
+        d_nm = row.get("diameter_nm")
+        diameter_A = 10.0 * (d_nm if d_nm and math.isfinite(d_nm) else self.cfg.frames.particle_diameter_nm)
+        disc = self._disc_fn(self.box, diameter_A / self.pix / 2 + 6.0, 6.0, np)
+        p = np.abs(np.fft.fft2((crop - crop.mean()) * disc)) ** 2
+        peaks, weights = lattice_peaks(p, self._band)  # ring-wise noise: the crop is filtered
+        if len(peaks) == 0:
+            return None
+        f = self._filters.get(particle)
+        if f is None:
+            f = self._filters[particle] = OrientationFilter(
+                rot_diffusion_rad2_s=self.w.rot_diffusion_rad2_s, fps=self.cfg.acquisition.fps,
+                particles=self.w.orientation_particles, seed=particle)
+        q = f.update(int(row["frame"]), lambda r: peak_match_score(
+            r, self._reflections, peaks, weights, box=self.box, pixel_size_A=self.pix, diameter_A=diameter_A))
+        return view_directions(q)
+
+    def add(self, row: dict[str, Any], crop: np.ndarray) -> None:
+        """One denoised crop and its row (the denoiser's worker thread)."""
+        if not row.get("lattice"):
+            return
+        t0 = time.perf_counter()
+        with self._lock:
+            particle = int(row["particle"])
+            win = self._open.get(particle)
+            if win is None:
+                number = self._numbers.get(particle, 0)
+                self._numbers[particle] = number + 1
+                win = self._open[particle] = _Open(window_name(particle, number), row, self._coverage())
+                self._ensure_writer().open_window(win.name, {"particle": particle, "t_start_s": win.t_start})
+            f = self._filters.get(particle)
+            due = f is None or f.last_frame is None or row["frame"] - f.last_frame >= self.w.orientation_every_frames
+            if due:
+                view = self._view(particle, row, np.asarray(crop, np.float32))
+                if view is not None:
+                    win.coverage.add(view)
+            win.crops.append(np.asarray(crop, np.float32))
+            for k in META_ARRAYS:
+                win.meta[k].append(row[k])
+            d = row.get("diameter_nm")
+            if d is not None and math.isfinite(d):
+                win.diameters.append(d)
+                if not math.isfinite(win.diameter_open) and len(win.diameters) >= 5:
+                    win.diameter_open = float(np.median(win.diameters))
+            win.frames += 1
+            win.t_end = float(row["t_s"])
+            self.lattice_crops += 1
+            if len(win.crops) >= self.w.chunk_frames:
+                self._flush(win)
+            reason = self._close_reason(win)
+            if reason:
+                self._close(particle, reason)
+            self.seconds += time.perf_counter() - t0
+
+    def _close_reason(self, win: _Open) -> str | None:
+        if win.coverage.fraction >= self.w.coverage_threshold and win.frames >= self.w.min_frames:
+            return "coverage"
+        if win.t_end - win.t_start >= self.w.max_seconds:
+            return "max_seconds"
+        if math.isfinite(win.diameter_open) and len(win.diameters) >= 10:
+            now = float(np.median(win.diameters[-10:]))
+            if abs(now - win.diameter_open) > self.w.max_diameter_change_nm:
+                return "diameter_change"
+        return None
+
+    def _flush(self, win: _Open) -> None:
+        if win.crops:
+            self._ensure_writer().append(win.name, np.stack(win.crops), {k: np.asarray(v) for k, v in win.meta.items()})
+            win.crops = []
+            win.meta = {k: [] for k in META_ARRAYS}
+
+    def _close(self, particle: int, reason: str) -> None:
+        win = self._open.pop(particle)
+        self._flush(win)
+        cov = win.coverage.fraction
+        attrs = {"t_end_s": win.t_end, "coverage": cov, "lattice_frames": win.frames, "closed_by": reason,
+                 "under_covered": bool(cov < self.w.coverage_threshold),
+                 "coverage_symmetry": self.w.symmetry, "coverage_angle_deg": self.w.coverage_angle_deg}
+        if win.diameters:
+            attrs["diameter_nm"] = float(np.mean(win.diameters))
+        self._ensure_writer().close_window(win.name, attrs)
+        self.closed.append({"window": win.name, "particle": particle, **attrs, "t_start_s": win.t_start})
+        log.info("window %s closed (%s): %d lattice frames, %.2f-%.2f s, coverage %.2f", win.name, reason,
+                 win.frames, win.t_start, win.t_end, cov)
+
+    def counters(self) -> dict[str, Any]:
+        with self._lock:
+            open_ = {w.name: {"frames": w.frames, "coverage": w.coverage.fraction} for w in self._open.values()}
+            return {"lattice_crops": self.lattice_crops, "windows_closed": len(self.closed), "open": open_,
+                    "closed": list(self.closed), "ms_per_crop": 1e3 * self.seconds / self.lattice_crops
+                    if self.lattice_crops else None,
+                    "writer": self.writer.snapshot() if self.writer else None}
+
+    def finish(self) -> dict[str, Any]:
+        """Close the open windows (``end_of_run``) and make the store durable. Runs after the
+        denoiser's finish, which has drained its worker."""
+        with self._lock:
+            for particle in list(self._open):
+                self._close(particle, "end_of_run")
+        if self.writer is not None:
+            self.writer.close()
+        return self.counters()

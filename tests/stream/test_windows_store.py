@@ -54,3 +54,42 @@ def test_bad_appends_are_refused_and_a_failed_window_does_not_stop_the_writer(tm
     c = w.close()
     assert set(c["failed"]) == {"a", "b"} and c["windows_complete"] == 1
     assert zarr.open_group(str(tmp_path / "w.zarr"), mode="r")["c"].attrs["complete"] is True
+
+
+def test_pipeline_writes_windows_of_lattice_frames_with_coverage(tmp_path):
+    """A simulated session through process: per-frame -> denoiser (fallback) -> windows. Small
+    thresholds so that windows close by coverage and by time within 2.25 s of frames."""
+    from btomo.stream.config import load_config
+    from btomo.stream.pipeline import run_process
+    from btomo.stream.simulator import simulate
+    from btomo.stream.sources import open_source
+
+    cfg = load_config(overrides={"acquisition.shape": "288x288", "simulate.frames": 900, "simulate.seed": 5,
+                                 "simulate.workers": 2})
+    simulate(cfg, tmp_path / "rec")
+    cfg = load_config(tmp_path / "rec" / "config.toml", overrides={
+        "windows.min_frames": 40, "windows.coverage_threshold": 0.3, "windows.max_seconds": 0.8,
+        "windows.orientation_particles": 500, "denoiser.backlog": 4000})
+    with open_source(tmp_path / "rec") as src:
+        summary = run_process(cfg, src, tmp_path / "run")
+    win = summary["stage_results"]["windows"]
+    den = summary["stage_results"]["denoise"]
+    assert summary["windows_closed"] == win["windows_closed"] >= 2
+    assert sum(den["skipped"].values()) <= den["skipped"]["no_context"] + 5  # the backlog kept up
+    root = zarr.open_group(str(tmp_path / "run" / "windows.zarr"), mode="r")
+    names = sorted(root.group_keys())
+    assert names == sorted(c["window"] for c in win["closed"])
+    total = 0
+    for c in win["closed"]:
+        g = root[c["window"]]
+        n = g["frames"].shape[0]
+        total += n
+        assert g.attrs["complete"] is True and g.attrs["lattice_frames"] == n
+        assert g.attrs["closed_by"] in ("coverage", "max_seconds", "diameter_change", "end_of_run")
+        assert 0 < g.attrs["coverage"] <= 1 and g["frames"].shape[1:] == (cfg.frames.box_px,) * 2
+        t = g["t_s"][:]
+        assert np.all(np.diff(g["frame"][:]) > 0) and g.attrs["t_start_s"] == t[0] and g.attrs["t_end_s"] == t[-1]
+        assert np.isfinite(g["frames"][:]).all()
+        if c["closed_by"] == "coverage":
+            assert c["coverage"] >= 0.3 and n >= 40
+    assert total == win["lattice_crops"]  # every lattice crop that reached the stage is in a window
