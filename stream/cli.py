@@ -268,9 +268,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"btomo demo: simulating {args.seconds:g} s of a GLC TEM session "
         f"({cfg.simulate.frames} frames of {cfg.acquisition.shape[0]}x{cfg.acquisition.shape[1]} at "
         f"{cfg.acquisition.fps:g} frames/s)\n"
-        "Built so far: the synthetic microscope with ground truth, and the stream edge (replay over ZeroMQ "
-        "into the ingest queue and the pipeline runner). Per-frame analysis, denoising, windows, reconstruction "
-        "and analysis come with the next issues.",
+        "Built so far: the synthetic microscope with ground truth, the stream edge (replay over ZeroMQ "
+        "into the ingest queue and the pipeline runner), per-frame analysis (frames.csv), the denoiser (its "
+        "classical fallback without a model) and rolling windows with orientation coverage (windows.zarr). "
+        "Reconstruction and analysis come with the next issues.",
         title="btomo"))
     t0 = time.perf_counter()
     result = simulate(cfg, run_dir / "recording", reporter=_reporter(args.no_dashboard))

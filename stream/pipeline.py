@@ -151,7 +151,7 @@ def _announce(pipeline: Pipeline) -> None:
     if not pipeline.stages:
         log.warning("no stages: frames are received, checked and counted only; no frames.csv is written")
     else:
-        log.info("stages: %s (windows and reconstruction are not built yet)", ", ".join(s.name for s in pipeline.stages))
+        log.info("stages: %s (reconstruction is not built yet)", ", ".join(s.name for s in pipeline.stages))
 
 
 def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: Any = None,
