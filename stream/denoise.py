@@ -499,6 +499,7 @@ class DenoiseStage:
         self.queued = self.denoised = 0
         self.skipped = {"backlog_full": 0, "displaced": 0, "no_context": 0, "error": 0}
         self.busy_seconds = 0.0
+        self.sink_errors = 0
         self.latest: dict[int, tuple[int, np.ndarray]] = {}
         prev = frames.sink
         frames.sink = lambda row, _prev=prev: (_prev(row) if _prev else None, self._row(row))
@@ -584,14 +585,19 @@ class DenoiseStage:
             for (row, _), crop in zip(items, out):
                 self.latest[row["particle"]] = (row["frame"], crop)
                 if self.sink is not None:
-                    self.sink(row, crop)
+                    try:
+                        self.sink(row, crop)
+                    except Exception:  # noqa: BLE001 - a consumer's failure must not stop denoising
+                        log.exception("the consumer of denoised crops failed on frame %s", row.get("frame"))
+                        with self._lock:
+                            self.sink_errors += 1
 
     def counters(self) -> dict[str, Any]:
         with self._lock:
             backlog = len(self._queue)
         return {
             "method": self.method, "queued": self.queued, "denoised": self.denoised, "backlog": backlog,
-            "backlog_limit": self.d.backlog, "skipped": dict(self.skipped),
+            "backlog_limit": self.d.backlog, "skipped": dict(self.skipped), "sink_errors": self.sink_errors,
             "crops_per_s": self.denoised / self.busy_seconds if self.busy_seconds else None,
         }
 

@@ -440,7 +440,6 @@ class FrameAnalysis:
         self.threshold = LatticeThreshold(
             self.fc.lattice_threshold_initial, fixed=self.fc.lattice_threshold, min_frames=self.fc.otsu_min_frames,
             min_separability=self.fc.otsu_min_separability, halflife=self.fc.otsu_halflife_s * cfg.acquisition.fps)
-        self.rows: list[dict[str, Any]] = []  # the latest row per particle (for the dashboard)
         self.latest: dict[int, dict[str, Any]] = {}
         self.frames = 0
         self.particle_frames = 0

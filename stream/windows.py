@@ -26,6 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from btomo.kernels.coverage import Coverage, view_directions
+from btomo.kernels.frames import band_radii, soft_disc
+from btomo.kernels.orientation import OrientationFilter, fcc_reflections, lattice_peaks, peak_match_score
+
 log = logging.getLogger(__name__)
 
 __all__ = ["META_ARRAYS", "WindowWriter", "WindowStage", "window_name", "fsync_tree"]
@@ -231,16 +235,11 @@ class WindowStage:
     name = "windows"
 
     def __init__(self, cfg: Any, run_dir: Path, denoise: Any):
-        from btomo.kernels.coverage import Coverage  # noqa: PLC0415
-        from btomo.kernels.frames import band_radii, soft_disc  # noqa: PLC0415
-        from btomo.kernels.orientation import fcc_reflections  # noqa: PLC0415
-
         self.cfg, self.w = cfg, cfg.windows
         self.box = cfg.frames.box_px
         self.pix = cfg.acquisition.pixel_size_A
         self.writer: WindowWriter | None = None
         self.run_dir = Path(run_dir)
-        self._coverage = lambda: Coverage(self.w.directions, self.w.coverage_angle_deg, self.w.symmetry)
         self._open: dict[int, _Open] = {}
         self._numbers: dict[int, int] = {}
         self._filters: dict[int, Any] = {}
@@ -248,22 +247,21 @@ class WindowStage:
         self.closed: list[dict[str, Any]] = []
         self.lattice_crops = 0
         self.seconds = 0.0
-        k = np.hypot(*np.meshgrid(np.fft.fftfreq(self.box) * self.box, np.fft.fftfreq(self.box) * self.box))
-        r_in, r_out = band_radii(self.box, self.pix)
-        self._band = (k >= r_in) & (k <= r_out)
-        self._disc_fn = soft_disc
+        self._set_band(self.pix)
+        self._discs: dict[float, np.ndarray] = {}
         self._reflections = fcc_reflections(cfg.sample.lattice_A)
         prev = denoise.sink
         denoise.sink = lambda row, crop, _prev=prev: (_prev(row, crop) if _prev else None, self.add(row, crop))
 
-    def prepare(self, series: Any) -> None:
-        from btomo.kernels.frames import band_radii  # noqa: PLC0415
+    def _set_band(self, pix: float) -> None:
+        self.pix = pix
+        k = np.hypot(*np.meshgrid(np.fft.fftfreq(self.box) * self.box, np.fft.fftfreq(self.box) * self.box))
+        r_in, r_out = band_radii(self.box, pix)
+        self._band = (k >= r_in) & (k <= r_out)
 
+    def prepare(self, series: Any) -> None:
         if series.pixel_size_A and series.pixel_size_A != self.pix:
-            self.pix = series.pixel_size_A
-            k = np.hypot(*np.meshgrid(np.fft.fftfreq(self.box) * self.box, np.fft.fftfreq(self.box) * self.box))
-            r_in, r_out = band_radii(self.box, self.pix)
-            self._band = (k >= r_in) & (k <= r_out)
+            self._set_band(series.pixel_size_A)
 
     def process(self, frame: Any) -> None:
         pass  # fed by the denoiser's sink
@@ -275,12 +273,12 @@ class WindowStage:
         return self.writer
 
     def _view(self, particle: int, row: dict[str, Any], crop: np.ndarray) -> np.ndarray | None:
-        from btomo.kernels.coverage import view_directions  # noqa: PLC0415
-        from btomo.kernels.orientation import OrientationFilter, lattice_peaks, peak_match_score  # noqa: PLC0415
-
         d_nm = row.get("diameter_nm")
         diameter_A = 10.0 * (d_nm if d_nm and math.isfinite(d_nm) else self.cfg.frames.particle_diameter_nm)
-        disc = self._disc_fn(self.box, diameter_A / self.pix / 2 + 6.0, 6.0, np)
+        radius = round(diameter_A / self.pix / 2 + 6.0, 1)
+        disc = self._discs.get(radius)
+        if disc is None:
+            disc = self._discs[radius] = soft_disc(self.box, radius, 6.0, np)
         p = np.abs(np.fft.fft2((crop - crop.mean()) * disc)) ** 2
         peaks, weights = lattice_peaks(p, self._band)  # ring-wise noise: the crop is filtered
         if len(peaks) == 0:
@@ -305,7 +303,8 @@ class WindowStage:
             if win is None:
                 number = self._numbers.get(particle, 0)
                 self._numbers[particle] = number + 1
-                win = self._open[particle] = _Open(window_name(particle, number), row, self._coverage())
+                win = self._open[particle] = _Open(window_name(particle, number), row, Coverage(
+                    self.w.directions, self.w.coverage_angle_deg, self.w.symmetry))
                 self._ensure_writer().open_window(win.name, {"particle": particle, "t_start_s": win.t_start})
             f = self._filters.get(particle)
             due = f is None or f.last_frame is None or row["frame"] - f.last_frame >= self.w.orientation_every_frames

@@ -195,3 +195,25 @@ def test_pipeline_with_a_model_denoises_lattice_crops_first(recording, trained, 
     if den["skipped"]["backlog_full"] + den["skipped"]["displaced"]:  # it fell behind: lattice first
         lattice_share = np.mean([lat for lat, _ in got])
         assert lattice_share >= summary["stage_results"]["frames"]["lattice_fraction"]
+
+
+def test_a_failing_consumer_is_counted_and_denoising_goes_on(recording, tmp_path):
+    from btomo.stream.denoise import DenoiseStage
+    from btomo.stream.frames import FrameAnalysis
+
+    rec, _ = recording
+    cfg = load_config(rec / "config.toml", overrides={"denoiser.backlog": 4000})
+    seen = []
+
+    def sink(row, crop):
+        seen.append(row["frame"])
+        if len(seen) % 2:
+            raise RuntimeError("consumer broke")
+
+    frames = FrameAnalysis(cfg, tmp_path / "run")
+    stage = DenoiseStage(cfg, frames, sink=sink)
+    with open_source(rec) as src:
+        summary = run_process(cfg, src, tmp_path / "run", stages=(frames, stage))
+    den = summary["stage_results"]["denoise"]
+    assert den["denoised"] == len(seen) > 100
+    assert den["sink_errors"] == (len(seen) + 1) // 2
