@@ -66,6 +66,12 @@ def _stream_opts(p: argparse.ArgumentParser, *, source: bool = True) -> None:
     p.add_argument("--protocol", choices=["btomo", "dectris1", "dectris2"], help="stream protocol")
 
 
+def _jobs_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler for the reconstruction jobs, e.g. tcp://host:8786 (default: a LocalCluster "
+                        "that btomo starts and stops; the workers must see the run directory at the same path)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="btomo",
@@ -79,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<UTC timestamp>)")
     p.add_argument("--shape", help="frame shape HxW (default 512x512 for the demo)")
     p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the progress display")
+    _jobs_opts(p)
     _common(p)
 
     p = sub.add_parser(
@@ -112,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--idle-timeout", type=float, metavar="S", help="stop after S seconds without a frame")
     p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the progress display")
+    _jobs_opts(p)
     _common(p)
 
     p = sub.add_parser(
@@ -149,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size, A/px, for stacks that do not say")
     p.add_argument("--fps", type=float, help="frame rate, frames/s, for stacks that do not say")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _jobs_opts(p)
     _common(p)
 
     p = sub.add_parser(
@@ -255,7 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 0 < args.seconds <= 60:  # also refuses NaN
         raise UserError(f"--seconds must be in (0, 60], got {args.seconds}")
     run_dir = args.run_dir or default_run_dir()
-    cfg = config_from_args(args, {"shape": "acquisition.shape"})
+    cfg = config_from_args(args, {"shape": "acquisition.shape", "scheduler": "jobs.scheduler"})
     if args.shape is None and args.config is None:
         cfg.acquisition.shape = (512, 512)
     cfg.simulate.frames = max(1, round(args.seconds * cfg.acquisition.fps))
@@ -333,7 +342,7 @@ def _demo_stream(cfg: RunConfig, recording: Path, run_dir: Path, *, quiet: bool)
 
 
 STREAM_FLAGS = {"protocol": "stream.protocol", "source": "stream.source", "max_frames": "stream.max_frames",
-                "idle_timeout": "stream.idle_timeout_s", "to": "stream.source"}
+                "idle_timeout": "stream.idle_timeout_s", "to": "stream.source", "scheduler": "jobs.scheduler"}
 
 
 def _open(args: argparse.Namespace, cfg: RunConfig):
@@ -428,7 +437,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     from .pipeline import run_process  # noqa: PLC0415
 
     _check_stack_flags(args)
-    cfg = config_from_args(args, {})
+    cfg = config_from_args(args, {"scheduler": "jobs.scheduler"})
     run_dir = args.run_dir or default_run_dir()
     with _open(args, cfg) as source:
         run_dir.mkdir(parents=True, exist_ok=True)

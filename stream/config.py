@@ -31,6 +31,7 @@ __all__ = [
     "StreamConfig",
     "FrameConfig",
     "WindowConfig",
+    "JobsConfig",
     "RunConfig",
     "parse_shape",
     "load_config",
@@ -613,6 +614,9 @@ class WindowConfig:
     orientation_every_frames : int
         A particle's orientation is updated from at most one lattice frame in this many (every
         lattice crop still joins its window; the filter bridges the gaps).
+    overlap_frames : int
+        Lattice frames a window shares with the next one of the same particle (its last ones
+        open the next window; 0: none). Not across a change of diameter.
     """
 
     directions: int = 2500
@@ -626,8 +630,12 @@ class WindowConfig:
     rot_diffusion_rad2_s: float = 0.3
     orientation_particles: int = 1500
     orientation_every_frames: int = 4
+    overlap_frames: int = 0
 
     def validate(self) -> None:
+        if self.overlap_frames < 0 or self.overlap_frames >= self.min_frames:
+            raise ConfigError(f"windows.overlap_frames must be in [0, min_frames = {self.min_frames}), "
+                              f"got {self.overlap_frames}")
         if self.symmetry not in ("none", "cubic"):
             raise ConfigError(f"windows.symmetry must be 'none' or 'cubic', got {self.symmetry!r}")
         if self.chunk_frames < 1 or self.orientation_particles < 10 or self.orientation_every_frames < 1:
@@ -647,6 +655,53 @@ class WindowConfig:
 
 
 @dataclass
+class JobsConfig:
+    """Hand-off of closed windows to reconstruction jobs on a Dask distributed cluster.
+
+    Attributes
+    ----------
+    enabled : bool
+        Submit a job for every closed window.
+    scheduler : str
+        Address of an existing Dask scheduler (``tcp://host:8786``); empty: btomo starts a
+        LocalCluster of its own and stops it at the end of the run. The workers must see the run
+        directory at the same path (a shared file system).
+    local_workers : int
+        Worker processes of the LocalCluster.
+    threads_per_worker : int
+        Threads per LocalCluster worker.
+    memory_limit : str
+        Memory limit per LocalCluster worker (Dask syntax, "4GiB"; "auto": its share of RAM).
+    max_pending : int
+        Jobs queued or running at most; a window closed beyond it is not submitted (state
+        ``skipped``, counted: reconstruct it later with ``btomo reconstruct``).
+    wait_seconds : float
+        At the end of a run, wait this long at most for the jobs still pending, s; then they are
+        cancelled (LocalCluster) or left to the cluster (``scheduler``).
+    connect_timeout_s : float
+        Time allowed to start the LocalCluster or reach the scheduler, s.
+    """
+
+    enabled: bool = True
+    scheduler: str = ""
+    local_workers: int = 1
+    threads_per_worker: int = 1
+    memory_limit: str = "4GiB"
+    max_pending: int = 8
+    wait_seconds: float = 600.0
+    connect_timeout_s: float = 60.0
+
+    def validate(self) -> None:
+        if self.local_workers < 1 or self.threads_per_worker < 1 or self.max_pending < 1:
+            raise ConfigError("jobs.local_workers, jobs.threads_per_worker and jobs.max_pending must be >= 1, got "
+                              f"{self.local_workers}, {self.threads_per_worker}, {self.max_pending}")
+        if self.scheduler and "://" not in self.scheduler and ":" not in self.scheduler:
+            raise ConfigError(f"jobs.scheduler must be an address like tcp://host:8786, got {self.scheduler!r}")
+        _positive("jobs.wait_seconds", self.wait_seconds, allow_zero=True)
+        _positive("jobs.connect_timeout_s", self.connect_timeout_s)
+
+
+@dataclass
 class RunConfig:
     """The whole configuration of a run; written as ``config.toml`` into its directory."""
 
@@ -658,6 +713,7 @@ class RunConfig:
     frames: FrameConfig = field(default_factory=FrameConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     windows: WindowConfig = field(default_factory=WindowConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 

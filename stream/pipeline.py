@@ -12,8 +12,9 @@ SNR, into ``frames.csv``) and the denoiser of the tracked crops
 (:class:`~btomo.stream.denoise.DenoiseStage`: the model of ``denoiser.model``, else the
 classical fallback; off the frame loop, bounded backlog) and the rolling windows of lattice
 crops with their orientation coverage (:class:`~btomo.stream.windows.WindowStage`, into
-``windows.zarr``; only with a run directory). Reconstruction comes with its issue;
-``summary.json`` says which stages ran.
+``windows.zarr``; only with a run directory), which hands every closed window to a
+reconstruction job on Dask (:mod:`.jobs`). ``summary.json`` says which stages ran and the jobs'
+states.
 """
 from __future__ import annotations
 
@@ -108,6 +109,34 @@ class Pipeline:
     def finish(self) -> dict[str, Any]:
         return {stage.name: stage.finish() for stage in self.stages}
 
+    def status(self) -> dict[str, Any]:
+        """The stages' live numbers (those with a ``status()``), for the progress display."""
+        out: dict[str, Any] = {}
+        for stage in self.stages:
+            fn = getattr(stage, "status", None)
+            if fn is not None:
+                out.update(fn())
+        return out
+
+
+class _Status:
+    """The pipeline's live numbers for the reporter, at most every ``every_s`` (else nothing)."""
+
+    def __init__(self, pipeline: Pipeline, every_s: float = 0.5):
+        self.pipeline, self.every_s = pipeline, every_s
+        self.last = time.monotonic()
+        self.state: dict[str, Any] = {}
+
+    def due(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            try:
+                self.state = self.pipeline.status()
+            except Exception:  # noqa: BLE001 - the display never stops the pipeline
+                log.debug("status failed", exc_info=True)
+        return self.state
+
 
 def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: Pipeline, seconds: float,
              stop_reason: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +151,8 @@ def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: 
         # filled by the stages that compute them; null while those stages are not built
         "lattice_frames": (results.get("frames") or {}).get("lattice_frames"),
         "windows_closed": (results.get("windows") or {}).get("windows_closed"),
-        "reconstructions_done": None,
+        "reconstructions_done": ((results.get("windows") or {}).get("jobs") or {}).get("reconstructions_done"),
+        "jobs": ((results.get("windows") or {}).get("jobs") or {}).get("states"),
         "wall_seconds": seconds,
         "stop_reason": stop_reason,
         "series": pipeline.series,
@@ -151,7 +181,8 @@ def _announce(pipeline: Pipeline) -> None:
     if not pipeline.stages:
         log.warning("no stages: frames are received, checked and counted only; no frames.csv is written")
     else:
-        log.info("stages: %s (reconstruction is not built yet)", ", ".join(s.name for s in pipeline.stages))
+        log.info("stages: %s (closed windows go to reconstruction jobs; the 3D reconstruction itself is "
+                 "not built yet)", ", ".join(s.name for s in pipeline.stages))
 
 
 def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: Any = None,
@@ -169,6 +200,7 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
     t0 = time.perf_counter()
     reporter = reporter or NullReporter()
     reporter.start(cfg.stream.max_frames or None, "live")
+    status = _Status(pipeline)
 
     ingest.start()
     try:
@@ -177,7 +209,7 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
                 if isinstance(rec, Frame):
                     pipeline.process(rec)
                     ingest.counters.processed(rec)
-                    reporter.update(1)
+                    reporter.update(1, **status.due())
                 elif isinstance(rec, SeriesStart):
                     pipeline.series_start(rec)
     finally:
@@ -206,12 +238,13 @@ def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = N
                                       cfg.acquisition.dose_e_per_A2, len(source)))
     reporter = reporter or NullReporter()
     reporter.start(len(source), f"process {source.path.name}")
+    status = _Status(pipeline)
     stop_reason = "end of source"
     try:
         for index, t_ns, data in source:
             pipeline.process(Frame(source.series, index, t_ns, data, pixel_size_A=source.pixel_size_A,
                                    dose_e_per_A2=cfg.acquisition.dose_e_per_A2))
-            reporter.update(1)
+            reporter.update(1, **status.due())
     except KeyboardInterrupt:
         stop_reason = "interrupted"
         raise

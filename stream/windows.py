@@ -21,6 +21,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from btomo.kernels.orientation import OrientationFilter, fcc_reflections, lattic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["META_ARRAYS", "WindowWriter", "WindowStage", "window_name", "fsync_tree"]
+__all__ = ["META_ARRAYS", "WindowWriter", "WindowStage", "window_name", "fsync_tree", "fill_window_column"]
 
 #: per-frame metadata arrays of a window and their dtypes
 META_ARRAYS: dict[str, str] = {"frame": "int64", "t_s": "float64", "x_px": "float64", "y_px": "float64",
@@ -74,15 +75,19 @@ class WindowWriter:
         Crops per chunk of ``frames`` (every append but a window's last is a whole chunk).
     queue_chunks : int
         Operations (chunks) waiting for the disk at most; beyond, the producer blocks.
+    on_complete : callable, optional
+        Called with a window's name (in the writer thread) once it is durable and ``complete``.
     """
 
-    def __init__(self, path: Path, *, box: int, pixel_size_A: float, chunk_frames: int = 64, queue_chunks: int = 8):
+    def __init__(self, path: Path, *, box: int, pixel_size_A: float, chunk_frames: int = 64, queue_chunks: int = 8,
+                 on_complete: Any = None):
         import zarr  # noqa: PLC0415
 
         self.path = Path(path)
         self.box = box
         self.pixel_size_A = pixel_size_A
         self.chunk_frames = chunk_frames
+        self.on_complete = on_complete
         self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_chunks)
         self._windows: dict[str, Any] = {}
@@ -198,27 +203,34 @@ class WindowWriter:
         fsync_tree(self.path / name)
         with self._lock:
             self.counters["windows_complete"] += 1
+        if self.on_complete is not None:
+            try:
+                self.on_complete(name)
+            except Exception:  # noqa: BLE001 - the window is written; its consumer's failure is its own
+                log.exception("window %s: the consumer of complete windows failed", name)
 
 
 # -- the live stage ----------------------------------------------------------------------------
 class _Open:
     """A particle's window being filled."""
 
-    def __init__(self, name: str, row: dict[str, Any], cov: Any):
+    def __init__(self, name: str, t_start: float, cov: Any, overlap: int):
         self.name = name
-        self.t_start = float(row["t_s"])
-        self.t_end = self.t_start
+        self.t_start = t_start
+        self.t_end = t_start
         self.coverage = cov
         self.frames = 0
         self.crops: list[np.ndarray] = []
         self.meta: dict[str, list] = {k: [] for k in META_ARRAYS}
+        self.members: list[int] = []
         self.diameters: list[float] = []
         self.diameter_open = math.nan
+        #: the last ``overlap`` frames (crop, metadata, view, diameter): they open the next window
+        self.tail: deque = deque(maxlen=max(overlap, 1))
 
 
 class WindowStage:
-    """Rolling windows of each particle's lattice frames (issue 6; the hand-off to reconstruction
-    comes next).
+    """Rolling windows of each particle's lattice frames, and their hand-off to reconstruction.
 
     Fed by :class:`~btomo.stream.denoise.DenoiseStage` (its ``sink``: every denoised crop with its
     ``frames.csv`` row, in the denoiser's worker thread, so the frame loop never waits for it).
@@ -229,23 +241,34 @@ class WindowStage:
     ``coverage_threshold`` with at least ``min_frames`` lattice frames (``closed_by = coverage``),
     when it has lasted ``max_seconds`` (``under_covered``), when the projected diameter has moved by
     more than ``max_diameter_change_nm`` since it opened (``diameter_change``), or at the end of
-    the run (``end_of_run``, flagged ``under_covered`` if short of the threshold).
+    the run (``end_of_run``, flagged ``under_covered`` if short of the threshold). With
+    ``overlap_frames`` the last frames of a window closed on coverage or time also open the next
+    one (with their views). Once a window is durable it becomes a reconstruction job
+    (:class:`~btomo.stream.jobs.ReconstructionJobs`). At the end of the run the ``window`` column
+    of ``frames.csv`` is filled from the windows' members (ids joined by ``;`` where windows
+    overlap).
     """
 
     name = "windows"
 
     def __init__(self, cfg: Any, run_dir: Path, denoise: Any):
+        from .jobs import ReconstructionJobs  # noqa: PLC0415
+
         self.cfg, self.w = cfg, cfg.windows
         self.box = cfg.frames.box_px
         self.pix = cfg.acquisition.pixel_size_A
         self.writer: WindowWriter | None = None
         self.run_dir = Path(run_dir)
+        self.jobs = ReconstructionJobs(cfg.jobs, self.run_dir / "windows.zarr", self.run_dir / "recon")
         self._open: dict[int, _Open] = {}
         self._numbers: dict[int, int] = {}
         self._filters: dict[int, Any] = {}
         self._lock = threading.Lock()
         self.closed: list[dict[str, Any]] = []
+        self._members: list[tuple[str, int, np.ndarray]] = []
         self.lattice_crops = 0
+        self.orientation_updates = 0
+        self.orientation_seconds = 0.0
         self.seconds = 0.0
         self._set_band(self.pix)
         self._discs: dict[float, np.ndarray] = {}
@@ -269,8 +292,12 @@ class WindowStage:
     def _ensure_writer(self) -> WindowWriter:
         if self.writer is None:
             self.writer = WindowWriter(self.run_dir / "windows.zarr", box=self.box, pixel_size_A=self.pix,
-                                       chunk_frames=self.w.chunk_frames)
+                                       chunk_frames=self.w.chunk_frames, on_complete=self._window_complete)
         return self.writer
+
+    def _window_complete(self, name: str) -> None:
+        info = next((c for c in reversed(self.closed) if c["window"] == name), {})
+        self.jobs.submit(name, {k: info[k] for k in ("particle", "lattice_frames", "coverage") if k in info})
 
     def _view(self, particle: int, row: dict[str, Any], crop: np.ndarray) -> np.ndarray | None:
         d_nm = row.get("diameter_nm")
@@ -292,6 +319,15 @@ class WindowStage:
             r, self._reflections, peaks, weights, box=self.box, pixel_size_A=self.pix, diameter_A=diameter_A))
         return view_directions(q)
 
+    def _new_window(self, particle: int, t_start: float) -> _Open:
+        number = self._numbers.get(particle, 0)
+        self._numbers[particle] = number + 1
+        win = self._open[particle] = _Open(window_name(particle, number), t_start, Coverage(
+            self.w.directions, self.w.coverage_angle_deg, self.w.symmetry), self.w.overlap_frames)
+        self._ensure_writer().open_window(win.name, {"particle": particle, "t_start_s": t_start})
+        self.jobs.start()  # the cluster comes up while the window fills
+        return win
+
     def add(self, row: dict[str, Any], crop: np.ndarray) -> None:
         """One denoised crop and its row (the denoiser's worker thread)."""
         if not row.get("lattice"):
@@ -299,36 +335,41 @@ class WindowStage:
         t0 = time.perf_counter()
         with self._lock:
             particle = int(row["particle"])
-            win = self._open.get(particle)
-            if win is None:
-                number = self._numbers.get(particle, 0)
-                self._numbers[particle] = number + 1
-                win = self._open[particle] = _Open(window_name(particle, number), row, Coverage(
-                    self.w.directions, self.w.coverage_angle_deg, self.w.symmetry))
-                self._ensure_writer().open_window(win.name, {"particle": particle, "t_start_s": win.t_start})
+            win = self._open.get(particle) or self._new_window(particle, float(row["t_s"]))
             f = self._filters.get(particle)
-            due = f is None or f.last_frame is None or row["frame"] - f.last_frame >= self.w.orientation_every_frames
-            if due:
+            view = None
+            if f is None or f.last_frame is None or row["frame"] - f.last_frame >= self.w.orientation_every_frames:
+                t1 = time.perf_counter()
                 view = self._view(particle, row, np.asarray(crop, np.float32))
-                if view is not None:
-                    win.coverage.add(view)
-            win.crops.append(np.asarray(crop, np.float32))
-            for k in META_ARRAYS:
-                win.meta[k].append(row[k])
+                self.orientation_updates += 1
+                self.orientation_seconds += time.perf_counter() - t1
             d = row.get("diameter_nm")
-            if d is not None and math.isfinite(d):
-                win.diameters.append(d)
-                if not math.isfinite(win.diameter_open) and len(win.diameters) >= 5:
-                    win.diameter_open = float(np.median(win.diameters))
-            win.frames += 1
-            win.t_end = float(row["t_s"])
+            self._append(win, np.asarray(crop, np.float32), {k: row[k] for k in META_ARRAYS}, view,
+                         float(d) if d is not None and math.isfinite(d) else None)
             self.lattice_crops += 1
-            if len(win.crops) >= self.w.chunk_frames:
-                self._flush(win)
             reason = self._close_reason(win)
             if reason:
                 self._close(particle, reason)
             self.seconds += time.perf_counter() - t0
+
+    def _append(self, win: _Open, crop: np.ndarray, meta: dict[str, Any], view: np.ndarray | None,
+                diameter: float | None) -> None:
+        if view is not None:
+            win.coverage.add(view)
+        win.crops.append(crop)
+        for k in META_ARRAYS:
+            win.meta[k].append(meta[k])
+        win.members.append(int(meta["frame"]))
+        if diameter is not None:
+            win.diameters.append(diameter)
+            if not math.isfinite(win.diameter_open) and len(win.diameters) >= 5:
+                win.diameter_open = float(np.median(win.diameters))
+        win.frames += 1
+        win.t_end = float(meta["t_s"])
+        if self.w.overlap_frames:
+            win.tail.append((crop, meta, view, diameter))
+        if len(win.crops) >= self.w.chunk_frames:
+            self._flush(win)
 
     def _close_reason(self, win: _Open) -> str | None:
         if win.coverage.fraction >= self.w.coverage_threshold and win.frames >= self.w.min_frames:
@@ -353,13 +394,29 @@ class WindowStage:
         cov = win.coverage.fraction
         attrs = {"t_end_s": win.t_end, "coverage": cov, "lattice_frames": win.frames, "closed_by": reason,
                  "under_covered": bool(cov < self.w.coverage_threshold),
-                 "coverage_symmetry": self.w.symmetry, "coverage_angle_deg": self.w.coverage_angle_deg}
+                 "coverage_symmetry": self.w.symmetry, "coverage_angle_deg": self.w.coverage_angle_deg,
+                 "overlap_frames": self.w.overlap_frames}
         if win.diameters:
             attrs["diameter_nm"] = float(np.mean(win.diameters))
-        self._ensure_writer().close_window(win.name, attrs)
+        # the record first: the writer's completion callback (another thread) looks it up
         self.closed.append({"window": win.name, "particle": particle, **attrs, "t_start_s": win.t_start})
+        self._members.append((win.name, particle, np.asarray(win.members, dtype=np.int64)))
+        self._ensure_writer().close_window(win.name, attrs)
         log.info("window %s closed (%s): %d lattice frames, %.2f-%.2f s, coverage %.2f", win.name, reason,
                  win.frames, win.t_start, win.t_end, cov)
+        if self.w.overlap_frames and reason in ("coverage", "max_seconds") and win.tail:
+            carried = list(win.tail)
+            nxt = self._new_window(particle, float(carried[0][1]["t_s"]))
+            for crop, meta, view, diameter in carried:
+                self._append(nxt, crop, meta, view, diameter)
+
+    def status(self) -> dict[str, Any]:
+        """A few numbers for the live display."""
+        with self._lock:
+            cov = " ".join(f"{w.name} {w.coverage.fraction:.2f}" for w in self._open.values()) or "-"
+        jobs = self.jobs.counts()
+        return {"windows": len(self.closed), "coverage": cov,
+                "jobs": " ".join(f"{v} {k}" for k, v in jobs.items() if v) or "none"}
 
     def counters(self) -> dict[str, Any]:
         with self._lock:
@@ -367,14 +424,72 @@ class WindowStage:
             return {"lattice_crops": self.lattice_crops, "windows_closed": len(self.closed), "open": open_,
                     "closed": list(self.closed), "ms_per_crop": 1e3 * self.seconds / self.lattice_crops
                     if self.lattice_crops else None,
+                    "orientation_updates": self.orientation_updates,
+                    "ms_per_orientation_update": 1e3 * self.orientation_seconds / self.orientation_updates
+                    if self.orientation_updates else None,
                     "writer": self.writer.snapshot() if self.writer else None}
 
     def finish(self) -> dict[str, Any]:
-        """Close the open windows (``end_of_run``) and make the store durable. Runs after the
-        denoiser's finish, which has drained its worker."""
+        """Close the open windows (``end_of_run``), make the store durable, wait for the jobs
+        (``jobs.wait_seconds``) and fill the ``window`` column of ``frames.csv``. Runs after the
+        denoiser's finish (which has drained its worker) and the per-frame stage's (which has
+        closed ``frames.csv``)."""
         with self._lock:
             for particle in list(self._open):
                 self._close(particle, "end_of_run")
         if self.writer is not None:
             self.writer.close()
-        return self.counters()
+        jobs = self.jobs.finish()
+        table = self.run_dir / "frames.csv"
+        if self._members and table.exists():
+            try:
+                fill_window_column(table, self._members)
+            except (OSError, ValueError) as exc:
+                log.error("frames.csv: could not fill the window column (%s); windows.zarr lists the frames", exc)
+        out = self.counters()
+        out["jobs"] = jobs
+        return out
+
+
+def fill_window_column(table: Path, members: list[tuple[str, int, np.ndarray]]) -> int:
+    """Write each window's id into the ``window`` column of ``frames.csv`` for its frames (ids of
+    overlapping windows joined by ``;``); the file is rewritten and replaced atomically.
+
+    Parameters
+    ----------
+    table : path
+        ``frames.csv``.
+    members : list of (window id, particle, frame indices)
+
+    Returns
+    -------
+    int
+        Rows that got a window.
+    """
+    import csv  # noqa: PLC0415
+
+    lookup: dict[tuple[int, int], list[str]] = {}
+    for name, particle, frames in members:
+        for f in frames.tolist():
+            lookup.setdefault((particle, f), []).append(name)
+    tmp = table.with_suffix(".csv.tmp")
+    filled = 0
+    with open(table, newline="", encoding="utf-8") as src, open(tmp, "w", newline="", encoding="utf-8") as dst:
+        reader, writer = csv.reader(src), csv.writer(dst)
+        header = next(reader)
+        try:
+            i_frame, i_particle, i_window = (header.index(c) for c in ("frame", "particle", "window"))
+        except ValueError:
+            raise ValueError(f"{table}: expected columns frame, particle, window; got {header}") from None
+        writer.writerow(header)
+        for row in reader:
+            try:
+                names = lookup.get((int(row[i_particle]), int(row[i_frame])))
+            except (ValueError, IndexError):
+                names = None
+            if names:
+                row[i_window] = ";".join(names)
+                filled += 1
+            writer.writerow(row)
+    tmp.replace(table)
+    return filled

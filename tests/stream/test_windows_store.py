@@ -1,4 +1,6 @@
 """The window store: whole-chunk writes from a thread into a Zarr v3 group, read back by zarr."""
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -57,8 +59,9 @@ def test_bad_appends_are_refused_and_a_failed_window_does_not_stop_the_writer(tm
 
 
 def test_pipeline_writes_windows_of_lattice_frames_with_coverage(tmp_path):
-    """A simulated session through process: per-frame -> denoiser (fallback) -> windows. Small
-    thresholds so that windows close by coverage and by time within 2.25 s of frames."""
+    """A simulated session through process: per-frame -> denoiser (fallback) -> windows -> jobs on
+    a LocalCluster. Small thresholds so that windows close by coverage and by time within 2.25 s
+    of frames; consecutive windows overlap by 10 frames."""
     from btomo.stream.config import load_config
     from btomo.stream.pipeline import run_process
     from btomo.stream.simulator import simulate
@@ -69,7 +72,7 @@ def test_pipeline_writes_windows_of_lattice_frames_with_coverage(tmp_path):
     simulate(cfg, tmp_path / "rec")
     cfg = load_config(tmp_path / "rec" / "config.toml", overrides={
         "windows.min_frames": 40, "windows.coverage_threshold": 0.3, "windows.max_seconds": 0.8,
-        "windows.orientation_particles": 500, "denoiser.backlog": 4000})
+        "windows.orientation_particles": 500, "denoiser.backlog": 4000, "windows.overlap_frames": 10})
     with open_source(tmp_path / "rec") as src:
         summary = run_process(cfg, src, tmp_path / "run")
     win = summary["stage_results"]["windows"]
@@ -80,6 +83,7 @@ def test_pipeline_writes_windows_of_lattice_frames_with_coverage(tmp_path):
     names = sorted(root.group_keys())
     assert names == sorted(c["window"] for c in win["closed"])
     total = 0
+    members = {}
     for c in win["closed"]:
         g = root[c["window"]]
         n = g["frames"].shape[0]
@@ -88,8 +92,34 @@ def test_pipeline_writes_windows_of_lattice_frames_with_coverage(tmp_path):
         assert g.attrs["closed_by"] in ("coverage", "max_seconds", "diameter_change", "end_of_run")
         assert 0 < g.attrs["coverage"] <= 1 and g["frames"].shape[1:] == (cfg.frames.box_px,) * 2
         t = g["t_s"][:]
+        members[c["window"]] = g["frame"][:]
         assert np.all(np.diff(g["frame"][:]) > 0) and g.attrs["t_start_s"] == t[0] and g.attrs["t_end_s"] == t[-1]
         assert np.isfinite(g["frames"][:]).all()
         if c["closed_by"] == "coverage":
             assert c["coverage"] >= 0.3 and n >= 40
-    assert total == win["lattice_crops"]  # every lattice crop that reached the stage is in a window
+    # every lattice crop that reached the stage is in a window; the overlaps are in two
+    by_time = sorted(win["closed"], key=lambda c: c["t_start_s"])
+    carried = sum(10 for prev in by_time[:-1] if prev["closed_by"] in ("coverage", "max_seconds"))
+    assert carried >= 10 and total == win["lattice_crops"] + carried
+    for prev, nxt in zip(by_time, by_time[1:]):
+        if prev["closed_by"] in ("coverage", "max_seconds"):
+            np.testing.assert_array_equal(members[prev["window"]][-10:], members[nxt["window"]][:10])
+    # frames.csv names each frame's window(s), as windows.zarr holds them
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "frames.csv")))
+    listed = {}
+    for r in rows:
+        for name in filter(None, r["window"].split(";")):
+            listed.setdefault(name, []).append(int(r["frame"]))
+            assert r["lattice"] == "1"
+    assert {k: sorted(v) for k, v in listed.items()} == {k: sorted(v.tolist()) for k, v in members.items()}
+    # every closed window became a job that ran on the LocalCluster and said what it did
+    jobs = win["jobs"]
+    assert summary["jobs"]["done"] == len(names) and summary["reconstructions_done"] == 0
+    assert jobs["scheduler"].startswith("tcp://127.0.0.1:") and jobs["error"] is None
+    for j in jobs["jobs"]:
+        assert j["state"] == "done" and j["map"] is None and j["reconstruction"] == "not built"
+        assert j["started_at"] >= j["submitted_at"] >= j["queued_at"]
+        rec = json.loads((tmp_path / "run" / "recon" / j["window"] / "job.json").read_text())
+        assert rec["frames"] == len(members[j["window"]]) and rec["map"] is None

@@ -1,0 +1,227 @@
+"""Closed windows become reconstruction jobs on a Dask distributed cluster.
+
+By default btomo starts a :class:`distributed.LocalCluster` of its own (worker processes, so a
+job that crashes takes nothing else with it) when the first window of a run opens, and stops it
+at the end of the run; with ``jobs.scheduler`` (``--scheduler ADDRESS``) it uses an existing
+cluster instead: that is how a user grows past one machine (the workers must see the run
+directory at the same path).
+
+A job is :func:`btomo.reconstruct.job.run_window_job` on one window, submitted once the window
+is durable (its ``complete`` attribute is set). Its state goes ``queued`` -> ``running`` (the
+job posts it to the Dask event log when it starts) -> ``done`` or ``failed`` (with the reason);
+a window closed while ``max_pending`` jobs are queued or running is ``skipped`` (counted; it can
+be reconstructed later with ``btomo reconstruct``). Nothing here ever raises into the live
+pipeline: a cluster that cannot start or a job that fails is logged and recorded.
+
+Queues and policies: windows waiting to be submitted and jobs pending together at most
+``max_pending`` (beyond: ``skipped``). At the end of the run the jobs still pending get
+``wait_seconds``; then a LocalCluster's are cancelled (``failed``, reason said), an external
+cluster's are left to run (``left_running``).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ReconstructionJobs", "JOB_STATES"]
+
+#: every state a job can be in
+JOB_STATES = ("queued", "running", "done", "failed", "skipped", "left_running")
+_PENDING = ("queued", "running")
+
+
+class ReconstructionJobs:
+    """Reconstruction jobs of one run (see the module).
+
+    Parameters
+    ----------
+    cfg : JobsConfig
+    store : path
+        The run's ``windows.zarr``.
+    out_root : path
+        Where each job writes: ``out_root/<window>/`` (the run's ``recon/``).
+    """
+
+    def __init__(self, cfg: Any, store: Path, out_root: Path):
+        self.cfg = cfg
+        self.store = Path(store).resolve()
+        self.out_root = Path(out_root).resolve()
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self._futures: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._todo: queue.Queue = queue.Queue()  # bounded by max_pending through submit()
+        self._thread: threading.Thread | None = None
+        self._client = None
+        self._cluster = None
+        self.scheduler = cfg.scheduler or None
+        self.error: str | None = None
+        self._token = uuid.uuid4().hex[:8]
+
+    # -- any thread -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start (or reach) the cluster in the background; returns at once."""
+        with self._lock:
+            if self._thread is None and self.cfg.enabled:
+                self._thread = threading.Thread(target=self._run, name="btomo-jobs", daemon=True)
+                self._thread.start()
+
+    def submit(self, window: str, info: dict[str, Any] | None = None) -> None:
+        """Queue window ``window`` (durable) for reconstruction; never blocks, never raises."""
+        if not self.cfg.enabled:
+            return
+        self.start()
+        with self._lock:
+            pending = sum(j["state"] in _PENDING for j in self.jobs.values())
+            job = {"window": window, "state": "queued", "queued_at": time.time(), **(info or {})}
+            self.jobs[window] = job
+            if pending >= self.cfg.max_pending:
+                job.update(state="skipped", reason=f"{pending} jobs already pending (jobs.max_pending)")
+                log.warning("window %s: not submitted for reconstruction (%s)", window, job["reason"])
+                return
+        self._todo.put(window)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state."""
+        with self._lock:
+            out = dict.fromkeys(JOB_STATES, 0)
+            for j in self.jobs.values():
+                out[j["state"]] += 1
+            return out
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            jobs = [dict(j) for j in self.jobs.values()]
+        return {"scheduler": self.scheduler, "error": self.error, "states": self.counts(), "jobs": jobs,
+                "reconstructions_done": sum(1 for j in jobs if j["state"] == "done" and j.get("map"))}
+
+    # -- the jobs thread --------------------------------------------------------------------
+    def _connect(self) -> None:
+        from distributed import Client, LocalCluster  # noqa: PLC0415
+
+        from btomo.reconstruct.job import EVENT_TOPIC  # noqa: PLC0415
+
+        logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("distributed").level))
+        if self.cfg.scheduler:
+            self._client = Client(self.cfg.scheduler, timeout=self.cfg.connect_timeout_s, set_as_default=False)
+        else:
+            memory = None if self.cfg.memory_limit == "auto" else self.cfg.memory_limit
+            self._cluster = LocalCluster(
+                n_workers=self.cfg.local_workers, threads_per_worker=self.cfg.threads_per_worker, processes=True,
+                memory_limit=memory or "auto", host="127.0.0.1", dashboard_address=None,
+                silence_logs=logging.WARNING)
+            self._client = Client(self._cluster, timeout=self.cfg.connect_timeout_s, set_as_default=False)
+        self.scheduler = self._client.scheduler.address
+        self._client.subscribe_topic(EVENT_TOPIC, self._on_event)
+        log.info("reconstruction jobs go to %s (%s)", self.scheduler,
+                 "an existing cluster" if self.cfg.scheduler else
+                 f"a LocalCluster of {self.cfg.local_workers} worker(s) started by btomo")
+
+    def _run(self) -> None:
+        try:
+            self._connect()
+        except Exception as exc:  # noqa: BLE001 - no cluster: every job fails with the reason, the run goes on
+            self.error = f"{type(exc).__name__}: {exc}"
+            where = self.cfg.scheduler or "a LocalCluster"
+            log.error("reconstruction jobs: could not start or reach %s (%s); windows are kept, not reconstructed",
+                      where, self.error)
+        while True:
+            window = self._todo.get()
+            if window is None:
+                return
+            if self._client is None:
+                self._settle(window, "failed", reason=f"no cluster: {self.error}")
+                continue
+            try:
+                self._submit(window)
+            except Exception as exc:  # noqa: BLE001
+                self._settle(window, "failed", reason=f"could not submit: {type(exc).__name__}: {exc}")
+
+    def _submit(self, window: str) -> None:
+        from btomo.reconstruct.job import run_window_job  # noqa: PLC0415
+
+        fut = self._client.submit(run_window_job, str(self.store), window, str(self.out_root / window),
+                                  key=f"btomo-reconstruct-{window}-{self._token}", pure=False, retries=0)
+        with self._lock:
+            self._futures[window] = fut
+            self.jobs[window]["submitted_at"] = time.time()
+        fut.add_done_callback(lambda f, w=window: self._on_done(w, f))
+        log.info("window %s: reconstruction job queued on %s", window, self.scheduler)
+
+    def _on_event(self, event: tuple) -> None:
+        _, msg = event
+        if not isinstance(msg, dict):
+            return
+        with self._lock:
+            job = self.jobs.get(str(msg.get("window")))
+            if job is not None and job["state"] == "queued" and msg.get("state") == "running":
+                job.update(state="running", started_at=time.time())
+
+    def _on_done(self, window: str, fut: Any) -> None:
+        try:
+            if fut.status == "finished":
+                result = fut.result()
+                self._settle(window, "done", **{k: result.get(k) for k in ("reconstruction", "map", "note", "seconds")})
+            elif fut.status == "cancelled":
+                self._settle(window, "failed", reason="cancelled")
+            else:
+                exc = fut.exception()
+                self._settle(window, "failed", reason=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - e.g. the cluster went away
+            self._settle(window, "failed", reason=f"{type(exc).__name__}: {exc}")
+
+    def _settle(self, window: str, state: str, **info: Any) -> None:
+        with self._lock:
+            job = self.jobs[window]
+            if job["state"] not in _PENDING:
+                return  # settled already
+            job.update(state=state, ended_at=time.time(), **info)
+        if state == "failed":
+            log.error("window %s: reconstruction job failed (%s)", window, info.get("reason"))
+        else:
+            log.info("window %s: reconstruction job %s (%s)", window, state, info.get("reconstruction") or "")
+
+    # -- end of run -------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Wait ``wait_seconds`` at most for pending jobs, then cancel (LocalCluster) or leave them
+        (external cluster); stop what btomo started. Returns :meth:`snapshot`."""
+        if self._thread is None:
+            return self.snapshot()
+        self._todo.put(None)
+        self._thread.join()
+        if self._client is not None:
+            futures = list(self._futures.values())
+            deadline = time.monotonic() + self.cfg.wait_seconds
+            if not all(f.done() for f in futures):
+                log.info("waiting up to %g s for %d reconstruction job(s)", self.cfg.wait_seconds,
+                         sum(not f.done() for f in futures))
+            while not all(f.done() for f in futures) and time.monotonic() < deadline:
+                time.sleep(0.05)  # (distributed.wait needs a default client; btomo sets none)
+            for window, fut in self._futures.items():
+                if fut.done():
+                    self._on_done(window, fut)  # idempotent: the callback may not have run yet
+                elif self._cluster is not None:
+                    self._settle(window, "failed", reason=f"not finished within jobs.wait_seconds = "
+                                                          f"{self.cfg.wait_seconds:g} s; cancelled at the end of the run")
+                    fut.cancel()  # after: its callback then finds the job settled
+                else:
+                    from distributed import fire_and_forget  # noqa: PLC0415
+
+                    fire_and_forget(fut)
+                    self._settle(window, "left_running", reason="the run ended; the job goes on on the cluster")
+            self._close()
+        return self.snapshot()
+
+    def _close(self) -> None:
+        try:
+            self._client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("reconstruction jobs: closing the cluster: %s", exc)

@@ -1,0 +1,115 @@
+"""Reconstruction jobs on Dask: a real LocalCluster (btomo's own, or an existing one reached by
+address), states queued -> running -> done / failed, the limits, and failures that never reach
+the pipeline."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+from btomo.reconstruct.window import WindowError, read_window
+from btomo.stream.config import JobsConfig
+from btomo.stream.jobs import ReconstructionJobs
+from btomo.stream.windows import WindowWriter
+
+
+def _window(store, name, n=12, box=16, close=True):
+    w = WindowWriter(store, box=box, pixel_size_A=0.358, chunk_frames=8)
+    w.open_window(name, {"particle": 0, "t_start_s": 0.0})
+    f = np.arange(n)
+    w.append(name, np.random.default_rng(0).normal(size=(n, box, box)),
+             {"frame": f, "t_s": f / 400, "x_px": f * 1.0, "y_px": f * 1.0, "fft_peak": np.full(n, 0.3)})
+    if close:
+        w.close_window(name, {"t_end_s": (n - 1) / 400, "coverage": 0.5})
+    w.close()
+
+
+@pytest.mark.slow
+def test_jobs_run_on_a_local_cluster_and_report_their_states(tmp_path):
+    store = tmp_path / "windows.zarr"
+    _window(store, "p0_w0000")
+    _window(store, "p0_w0001", close=False)  # torn: complete stays false
+    jobs = ReconstructionJobs(JobsConfig(), store, tmp_path / "recon")
+    jobs.submit("p0_w0000", {"particle": 0})
+    jobs.submit("p0_w0001")
+    jobs.submit("p9_w0000")  # not in the store
+    assert jobs.counts()["queued"] == 3
+    out = jobs.finish()
+    by = {j["window"]: j for j in out["jobs"]}
+    assert out["states"] == {"queued": 0, "running": 0, "done": 1, "failed": 2, "skipped": 0, "left_running": 0}
+    ok = by["p0_w0000"]
+    assert ok["state"] == "done" and ok["reconstruction"] == "not built" and ok["map"] is None
+    assert ok["queued_at"] <= ok["submitted_at"] <= ok["started_at"] <= ok["ended_at"]  # "running" was seen
+    rec = json.loads((tmp_path / "recon" / "p0_w0000" / "job.json").read_text())
+    assert rec["frames"] == 12 and rec["box_px"] == 16 and rec["finite_fraction"] == 1.0
+    assert "WindowError" in by["p0_w0001"]["reason"] and "not complete" in by["p0_w0001"]["reason"]
+    assert "not in" in by["p9_w0000"]["reason"]
+    assert out["reconstructions_done"] == 0 and out["scheduler"].startswith("tcp://127.0.0.1:")
+
+
+@pytest.mark.slow
+def test_an_existing_cluster_by_address_and_the_pending_limit(tmp_path):
+    from distributed import Client, LocalCluster
+
+    store = tmp_path / "windows.zarr"
+    for i in range(3):
+        _window(store, f"p0_w000{i}")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        jobs = ReconstructionJobs(JobsConfig(scheduler=cluster.scheduler_address, max_pending=1), store,
+                                  tmp_path / "recon")
+        for i in range(3):
+            jobs.submit(f"p0_w000{i}")  # the first is pending while the others arrive
+        out = jobs.finish()
+        assert out["scheduler"] == cluster.scheduler_address
+        states = [j["state"] for j in out["jobs"]]
+        assert states == ["done", "skipped", "skipped"], out["jobs"]
+        assert "max_pending" in out["jobs"][1]["reason"]
+        with Client(cluster, set_as_default=False) as c:  # btomo left the user's cluster running
+            assert c.submit(sum, [1, 2]).result() == 3
+
+
+def test_an_unreachable_scheduler_fails_jobs_with_the_reason_and_never_raises(tmp_path):
+    jobs = ReconstructionJobs(JobsConfig(scheduler="tcp://127.0.0.1:9", connect_timeout_s=1.0),
+                              tmp_path / "windows.zarr", tmp_path / "recon")
+    jobs.submit("p0_w0000")
+    t0 = time.monotonic()
+    out = jobs.finish()
+    assert time.monotonic() - t0 < 30
+    assert out["states"]["failed"] == 1 and "no cluster" in out["jobs"][0]["reason"]
+    assert out["error"]
+
+
+def test_disabled_jobs_start_nothing(tmp_path):
+    jobs = ReconstructionJobs(JobsConfig(enabled=False), tmp_path / "w.zarr", tmp_path / "r")
+    jobs.submit("p0_w0000")
+    assert jobs.finish()["jobs"] == [] and jobs._thread is None
+
+
+@pytest.mark.slow
+def test_jobs_still_pending_at_the_end_are_cancelled_with_the_reason(tmp_path):
+    store = tmp_path / "windows.zarr"
+    _window(store, "p0_w0000")
+    jobs = ReconstructionJobs(JobsConfig(wait_seconds=0.0), store, tmp_path / "recon")
+    jobs.submit("p0_w0000")
+    out = jobs.finish()  # the cluster has only just started: the job cannot have run
+    j = out["jobs"][0]
+    assert j["state"] == "failed" and "jobs.wait_seconds" in j["reason"], j
+
+
+def test_read_window_checks_the_layout(tmp_path):
+    import zarr
+
+    store = tmp_path / "w.zarr"
+    _window(store, "a")
+    w = read_window(store, "a")
+    assert w.n == 12 and w.frames.dtype == np.float32 and w.pixel_size_A == 0.358
+    root = zarr.open_group(str(store), mode="a")
+    del root["a"]["fft_peak"]
+    with pytest.raises(WindowError, match=r"arrays missing: \['fft_peak'\]"):
+        read_window(store, "a")
+    with pytest.raises(WindowError, match="no window store"):
+        read_window(tmp_path / "nothing.zarr", "a")
+    _window(store, "b", close=False)
+    with pytest.raises(WindowError, match="not complete"):
+        read_window(store, "b")
+    assert read_window(store, "b", allow_incomplete=True).n == 12
