@@ -279,8 +279,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{cfg.acquisition.fps:g} frames/s)\n"
         "Built so far: the synthetic microscope with ground truth, the stream edge (replay over ZeroMQ "
         "into the ingest queue and the pipeline runner), per-frame analysis (frames.csv), the denoiser (its "
-        "classical fallback without a model) and rolling windows with orientation coverage (windows.zarr). "
-        "Reconstruction and analysis come with the next issues.",
+        "classical fallback without a model), rolling windows with orientation coverage (windows.zarr) and "
+        "their hand-off to reconstruction jobs on a Dask LocalCluster. The 3D reconstruction itself and the "
+        "analysis come with the next issues: a job checks its window and says so.",
         title="btomo"))
     t0 = time.perf_counter()
     result = simulate(cfg, run_dir / "recording", reporter=_reporter(args.no_dashboard))
@@ -304,6 +305,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"dropped, {ing['frame_gaps']} missing")
     if lat.get("count"):
         table.add_row("latency, acquisition -> pipeline", f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")
+    win = (stream.get("stage_results") or {}).get("windows") or {}
+    if stream.get("lattice_frames") is not None:
+        table.add_row("lattice frames found", f"{stream['lattice_frames']}")
+    for c in win.get("closed", []):
+        table.add_row(f"window {c['window']}", f"{c['lattice_frames']} lattice frames, {c['t_start_s']:.2f}-"
+                      f"{c['t_end_s']:.2f} s, coverage {c['coverage']:.2f} ({c['closed_by']})")
+    jobs = win.get("jobs") or {}
+    if jobs.get("jobs"):
+        states = ", ".join(f"{v} {k}" for k, v in jobs["states"].items() if v)
+        table.add_row("reconstruction jobs", f"{states}; 3D maps made: {jobs['reconstructions_done']} "
+                      "(the reconstruction is not built yet)")
     table.add_row("time taken", f"{time.perf_counter() - t0:.1f} s ({result.fps:.0f} frames/s)")
     console.print(table)
     console.print(f"run directory: [bold]{run_dir}[/]  (recording: {result.path}, truth: {result.path / 'truth'})")
