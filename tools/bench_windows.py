@@ -7,6 +7,11 @@ a window closed durably every ``--window`` crops); ``raw`` writes the same float
 the paper's dose), so compression sees realistic data.
 
     python tools/bench_windows.py [--crops 4000] [--box 160] [--chunk 64] [--repeat 3]
+
+Then the cost of orientation coverage per lattice frame (``--views``): ``Coverage.add`` of one view
+(2500 directions, incremental) against the plain NumPy baseline that recomputes the coverage from
+all views so far, at the same number of views; and one orientation update of the window stage
+(lattice peaks of a 160 px crop + the particle filter with ``windows.orientation_particles``).
 """
 from __future__ import annotations
 
@@ -32,7 +37,11 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary directory)")
+    ap.add_argument("--views", type=int, default=500, help="views for the coverage benchmark (0: skip it)")
+    ap.add_argument("--particles", type=int, default=1500, help="orientation filter particles")
     args = ap.parse_args()
+    if args.views:
+        bench_coverage(args.views, args.particles)
     rng = np.random.default_rng(0)
     base = fallback_denoise(rng.poisson(1.9, (args.chunk, 5, args.box, args.box)).astype(np.float32), 1.5)
     n_chunks = max(1, args.crops // args.chunk)
@@ -72,6 +81,58 @@ def main() -> None:
         print(f"run {r}: writer {crops / t_writer:8.0f} crops/s ({mb / t_writer:6.0f} MB/s in, "
               f"{disk / 1e6:.0f} MB on disk, ratio {mb * 1e6 / disk:.2f}, {c['windows_complete']} windows) | "
               f"raw write {crops / t_raw:8.0f} crops/s ({mb / t_raw:6.0f} MB/s) | writer / raw {t_raw / t_writer:.2f}")
+
+
+def bench_coverage(views: int, particles: int) -> None:
+    """ms per lattice frame: coverage update (incremental vs recomputed) and orientation update."""
+    from btomo.kernels.coverage import Coverage, fibonacci_sphere  # noqa: PLC0415
+    from btomo.kernels.frames import band_radii, soft_disc  # noqa: PLC0415
+    from btomo.kernels.orientation import (  # noqa: PLC0415
+        OrientationFilter, fcc_reflections, lattice_peaks, peak_match_score)
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(views, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    cov = Coverage()
+    t0 = time.perf_counter()
+    for i in range(views):
+        cov.add(v[i])
+    t_inc = (time.perf_counter() - t0) / views
+    grid = fibonacci_sphere(2500)
+    cos_a = np.cos(np.radians(15.0))
+    t0 = time.perf_counter()
+    reps = 20
+    for _ in range(reps):  # the baseline at the last (largest) number of views
+        allv = np.concatenate([v, -v])
+        naive = float(((allv @ grid.T) >= cos_a).any(axis=0).mean())
+    t_naive = (time.perf_counter() - t0) / reps
+    assert abs(naive - cov.fraction) < 1e-12
+    print(f"coverage update, {views} views: incremental {1e3 * t_inc:.3f} ms/view | recomputed from all views "
+          f"{1e3 * t_naive:.3f} ms | recomputed / incremental {t_naive / t_inc:.1f}")
+    # one orientation update as the window stage does it, on a lattice crop ([011] zone axis fringes)
+    box, pix = 160, 0.358
+    g = fcc_reflections()
+    yy, xx = (np.mgrid[:box, :box] - box // 2) * pix
+    img = sum(np.cos(2 * np.pi * (k[0] * xx + k[1] * yy)) for k in g if abs(k[0]) < 1e-9)
+    crop = rng.poisson(20 * (1 + 0.3 * (np.hypot(xx, yy) < 14) * img / np.abs(img).max())).astype(np.float32)
+    k = np.hypot(*np.meshgrid(np.fft.fftfreq(box) * box, np.fft.fftfreq(box) * box))
+    r_in, r_out = band_radii(box, pix)
+    band = (k >= r_in) & (k <= r_out)
+    disc = soft_disc(box, 34.0, 6.0, np)
+    f = OrientationFilter(rot_diffusion_rad2_s=0.3, fps=400.0, particles=particles, seed=0)
+    n, t_peaks, t_filter = 60, 0.0, 0.0
+    for i in range(n):
+        t0 = time.perf_counter()
+        p = np.abs(np.fft.fft2((crop - crop.mean()) * disc)) ** 2
+        peaks, w = lattice_peaks(p, band)
+        t1 = time.perf_counter()
+        f.update(4 * i, lambda r: peak_match_score(r, g, peaks, w, box=box, pixel_size_A=pix, diameter_A=20.0))
+        t2 = time.perf_counter()
+        if i:  # the first update weighs 8x the particles (the uniform start)
+            t_peaks += t1 - t0
+            t_filter += t2 - t1
+    print(f"orientation update ({particles} particles): peaks {1e3 * t_peaks / (n - 1):.1f} ms + filter "
+          f"{1e3 * t_filter / (n - 1):.1f} ms per updated lattice frame")
 
 
 if __name__ == "__main__":
