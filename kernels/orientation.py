@@ -25,7 +25,7 @@ from .frames import box_sum
 from .rotation import quat_from_rotvec, quat_multiply, quat_normalize, quat_to_matrix, random_quaternion
 from .xp import array_namespace, to_numpy
 
-__all__ = ["fcc_reflections", "lattice_peaks", "peak_match_score", "OrientationFilter"]
+__all__ = ["fcc_reflections", "lattice_peaks", "peak_match_score", "cubic_quaternions", "OrientationFilter"]
 
 
 def fcc_reflections(lattice_A: float = 3.92, planes: tuple[tuple[int, int, int], ...] = ((1, 1, 1), (2, 0, 0), (2, 2, 0))
@@ -110,6 +110,32 @@ def peak_match_score(rotations: np.ndarray, reflections: np.ndarray, peaks: np.n
     return (match * weights[None, :]).sum(-1) / max(float(weights.sum()), 1e-12)
 
 
+def cubic_quaternions() -> np.ndarray:
+    """The 24 rotations of the cube (point group O) as unit quaternions ``(w, x, y, z)``, one sign
+    each: the identity and the three 180 deg turns about the axes, the eight 120 deg turns about
+    the body diagonals, and the twelve 90 deg / 180 deg turns of ``(1 +- e_a) / sqrt 2`` type."""
+    out = [np.eye(4)[i] for i in range(4)]
+    out += [np.array([1.0, sx, sy, sz]) / 2.0 for sx in (1, -1) for sy in (1, -1) for sz in (1, -1)]
+    for a in range(4):
+        for b in range(a + 1, 4):
+            for sb in (1.0, -1.0):
+                q = np.zeros(4)
+                q[a], q[b] = 1.0, sb
+                out.append(q / math.sqrt(2.0))
+    return np.array(out)
+
+
+_CUBIC_Q = cubic_quaternions()
+
+
+def fold_cubic(q: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Each orientation of ``q`` (n, 4) replaced by its cubic mate ``q s`` (``R -> R S``: the same
+    FCC peaks) nearest ``ref`` (4,)."""
+    mates = quat_multiply(q[:, None, :], _CUBIC_Q[None, :, :])  # (n, 24, 4)
+    k = np.argmax(np.abs(mates @ ref), axis=1)
+    return mates[np.arange(len(q)), k]
+
+
 class OrientationFilter:
     """Particle filter on orientations (see the module).
 
@@ -130,16 +156,22 @@ class OrientationFilter:
     seed : int
     mean_report : bool
         Report the posterior mean of the branch rather than its heaviest particle (default).
+    fold : bool
+        After weighting, replace every particle by its cubic mate nearest the previous report (the
+        likelihood is invariant under ``R -> R S``), so the whole posterior lives on the reported
+        branch: branch hops of the report, which inflate coverage, become rarer and the
+        particles are not shared among 24 copies of the posterior.
     """
 
     def __init__(self, *, rot_diffusion_rad2_s: float, fps: float, particles: int = 3000, sharpness: float = 8.0,
                  stick_deg: float = 30.0, min_weight: float = 0.05, floor_rad: float = 0.02, seed: int = 0,
-                 mean_report: bool = False):
+                 mean_report: bool = False, fold: bool = False):
         self.rng = np.random.default_rng(seed)
         self.d_r, self.fps = rot_diffusion_rad2_s, fps
         self.n, self.sharpness = particles, sharpness
         self.stick, self.min_weight, self.floor = stick_deg, min_weight, floor_rad
         self.mean_report = mean_report
+        self.fold = fold
         self.q = random_quaternion(self.rng, 8 * particles)
         self.w = np.full(len(self.q), 1.0 / len(self.q))
         self.last_frame: int | None = None
@@ -160,6 +192,8 @@ class OrientationFilter:
         w = np.exp(lw - lw.max())
         w /= w.sum()
         best = int(np.argmax(w))
+        if self.fold:
+            self.q = fold_cubic(self.q, self.report if self.report is not None else self.q[best])
         branch = None
         if self.report is not None:
             ang = 2.0 * np.degrees(np.arccos(np.clip(np.abs(self.q @ self.report), 0.0, 1.0)))

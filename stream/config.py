@@ -602,7 +602,11 @@ class WindowConfig:
     max_seconds : float
         Longest window, s (then flagged under-covered).
     max_diameter_change_nm : float
-        Close the window when the projected diameter has changed by more than this, nm.
+        Close the window when the projected diameter has changed by more than this, nm: the median
+        of the last ``diameter_frames`` lattice frames against that of the window's first ones.
+    diameter_frames : int
+        Lattice frames in each of those medians (a single frame's projected diameter varies with
+        the orientation and the noise by ~0.1-0.2 nm).
     symmetry : str
         Coverage counts views "none" (no symmetry assumed) or "cubic" (a view covers its mates).
     chunk_frames : int
@@ -625,6 +629,7 @@ class WindowConfig:
     min_frames: int = 500
     max_seconds: float = 10.0
     max_diameter_change_nm: float = 0.2
+    diameter_frames: int = 100
     symmetry: str = "none"
     chunk_frames: int = 64
     rot_diffusion_rad2_s: float = 0.3
@@ -638,6 +643,8 @@ class WindowConfig:
                               f"got {self.overlap_frames}")
         if self.symmetry not in ("none", "cubic"):
             raise ConfigError(f"windows.symmetry must be 'none' or 'cubic', got {self.symmetry!r}")
+        if self.diameter_frames < 1:
+            raise ConfigError(f"windows.diameter_frames must be >= 1, got {self.diameter_frames}")
         if self.chunk_frames < 1 or self.orientation_particles < 10 or self.orientation_every_frames < 1:
             raise ConfigError("windows.chunk_frames and orientation_every_frames must be >= 1, "
                               "windows.orientation_particles >= 10")

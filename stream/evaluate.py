@@ -1,4 +1,4 @@
-"""Accuracy of the per-frame analysis against a simulated recording's truth.
+"""Accuracy of the per-frame analysis, the denoiser and the windows against a simulated recording's truth.
 
 Used by the accuracy tests and ``tools/report_frames.py`` (numbers in ``docs/accuracy.md``).
 The truth is ``truth/frames.csv`` (centre, focus, geometric visibility, projected diameter) and
@@ -20,7 +20,8 @@ import numpy as np
 
 from btomo.kernels.frames import nearest_reflection
 
-__all__ = ["VISIBLE_M", "AMBIGUOUS_M", "frame_accuracy", "psnr", "ssim", "snr_db_from_correlation", "denoise_quality"]
+__all__ = ["VISIBLE_M", "AMBIGUOUS_M", "frame_accuracy", "psnr", "ssim", "snr_db_from_correlation", "denoise_quality",
+           "view_error_deg", "window_accuracy"]
 
 VISIBLE_M = 0.12
 AMBIGUOUS_M = (0.08, 0.16)
@@ -280,3 +281,69 @@ def denoise_quality(recording: str | Path, methods: dict[str, Any], *, first: in
         m = float(np.mean(mse))
         results[name]["gain_over_flat_db"] = float(10.0 * np.log10(np.mean(flat_mse) / m)) if m > 0 else math.inf
     return results
+
+
+def view_error_deg(estimated: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Angle between view directions (n, 3) modulo the cubic point group and the antipode, deg:
+    what one lattice frame can tell of the view of an FCC particle."""
+    from btomo.kernels.coverage import cubic_rotations  # noqa: PLC0415
+
+    ops = cubic_rotations()
+    mates = np.einsum("sij,nj->nsi", ops, np.asarray(estimated, dtype=np.float64))
+    cos = np.abs(np.einsum("nsi,ni->ns", mates, np.asarray(true, dtype=np.float64))).max(axis=1)
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def window_accuracy(store: str | Path, recording: str | Path, *, directions: int = 2500, angle_deg: float = 15.0,
+                    every: int = 25) -> list[dict[str, Any]]:
+    """Each window's coverage and coarse orientations against the truth.
+
+    The true coverage of a window is that of the true view directions of **all** its frames (the
+    simulator's orientation of each frame, ``truth/frames.csv``), with the same grid and angle;
+    it is followed frame by frame next to the window's own ``coverage`` array (the estimate once
+    each frame had joined). The orientation error is that of the filter's view on the frames it
+    updated on (``orientation`` not NaN), modulo the cubic group (:func:`view_error_deg`).
+
+    Returns
+    -------
+    list of dict
+        Per window: ``window``, ``frames``, ``t_start_s``, ``t_end_s``, ``closed_by``,
+        ``coverage`` (estimated, final), ``coverage_true`` (final), ``max_gap`` (largest
+        ``|estimated - true|`` over the window, sampled every ``every`` frames and at the end),
+        ``updates`` and ``median_error_deg`` / ``p75_error_deg`` of the coarse orientations.
+    """
+    import zarr  # noqa: PLC0415
+
+    from btomo.kernels.coverage import Coverage, view_directions  # noqa: PLC0415
+
+    truth: dict[tuple[int, int], np.ndarray] = {}
+    for r in _read(Path(recording) / "truth" / "frames.csv"):
+        truth[(int(r["particle"]), int(r["frame"]))] = np.array([_f(r[k]) for k in ("qw", "qx", "qy", "qz")])
+    root = zarr.open_group(str(store), mode="r")
+    out = []
+    for name in sorted(root.group_keys()):
+        g = root[name]
+        particle = int(g.attrs["particle"])
+        frames = g["frame"][:]
+        est_cov = g["coverage"][:] if "coverage" in g else np.full(len(frames), np.nan)
+        true_q = np.array([truth[(particle, int(f))] for f in frames])
+        true_v = view_directions(true_q)
+        cov = Coverage(directions, angle_deg)
+        gaps = []
+        for i in range(len(frames)):
+            cov.add(true_v[i])
+            if (i + 1) % every == 0 or i == len(frames) - 1:
+                gaps.append(abs(float(est_cov[i]) - cov.fraction))
+        rec: dict[str, Any] = {
+            "window": name, "frames": len(frames), "t_start_s": float(g.attrs["t_start_s"]),
+            "t_end_s": float(g.attrs.get("t_end_s", math.nan)), "closed_by": g.attrs.get("closed_by"),
+            "coverage": float(g.attrs["coverage"]), "coverage_true": cov.fraction,
+            "max_gap": max(gaps) if gaps else math.nan}
+        if "orientation" in g:
+            q = g["orientation"][:]
+            ok = np.isfinite(q).all(axis=1)
+            err = view_error_deg(view_directions(q[ok].astype(np.float64)), true_v[ok]) if ok.any() else np.array([])
+            rec.update(updates=int(ok.sum()), median_error_deg=float(np.median(err)) if len(err) else math.nan,
+                       p75_error_deg=float(np.percentile(err, 75)) if len(err) else math.nan)
+        out.append(rec)
+    return out

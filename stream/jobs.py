@@ -208,7 +208,7 @@ class ReconstructionJobs:
                     self._on_done(window, fut)  # idempotent: the callback may not have run yet
                 elif self._cluster is not None:
                     self._settle(window, "failed", reason=f"not finished within jobs.wait_seconds = "
-                                                          f"{self.cfg.wait_seconds:g} s; cancelled at the end of the run")
+                                 f"{self.cfg.wait_seconds:g} s; cancelled at the end of the run")
                     fut.cancel()  # after: its callback then finds the job settled
                 else:
                     from distributed import fire_and_forget  # noqa: PLC0415

@@ -33,11 +33,24 @@ from btomo.kernels.orientation import OrientationFilter, fcc_reflections, lattic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["META_ARRAYS", "WindowWriter", "WindowStage", "window_name", "fsync_tree", "fill_window_column"]
+#: a filter view counts for coverage only once a neighbouring update agrees with it: the next (or
+#: previous) view of the particle within CONFIRM_DEG deg and two orientation updates
+#: (``2 x windows.orientation_every_frames`` frames). An isolated jump of the report (a noise
+#: frame's false peaks, a hop of symmetry branch) is not confirmed, while one such view would add
+#: a fresh 15 deg cap (3 % of the sphere with its antipode). Measured: docs/windows.md.
+CONFIRM_DEG = 12.0
 
-#: per-frame metadata arrays of a window and their dtypes
+__all__ = ["META_ARRAYS", "EXTRA_ARRAYS", "WindowWriter", "WindowStage", "window_name", "fsync_tree",
+           "fill_window_column"]
+
+#: per-frame metadata arrays of a window and their dtypes (contracts.md)
 META_ARRAYS: dict[str, str] = {"frame": "int64", "t_s": "float64", "x_px": "float64", "y_px": "float64",
                                "fft_peak": "float64"}
+#: btomo's own per-frame arrays: ``orientation``, the coarse orientation of the frames the
+#: orientation filter updated on (unit quaternion w, x, y, z, particle -> lab, right up to one
+#: rotation of the cubic group per window; NaN for the frames in between) and ``coverage``, the
+#: window's coverage once the frame had joined it
+EXTRA_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {"orientation": ("float32", (4,)), "coverage": ("float32", ())}
 
 
 def window_name(particle: int, number: int) -> str:
@@ -115,7 +128,8 @@ class WindowWriter:
         self._put(("open", name, dict(attrs)))
 
     def append(self, name: str, crops: np.ndarray, meta: dict[str, np.ndarray]) -> None:
-        """Append crops ``(k, box, box)`` and their per-frame metadata (arrays of length ``k``)."""
+        """Append crops ``(k, box, box)`` and their per-frame metadata (arrays of length ``k``:
+        every one of :data:`META_ARRAYS`, optionally those of :data:`EXTRA_ARRAYS`)."""
         crops = np.ascontiguousarray(crops, dtype=np.float32)
         if crops.ndim != 3 or crops.shape[1:] != (self.box, self.box):
             raise ValueError(f"window {name}: expected (k, {self.box}, {self.box}) crops, got {crops.shape}")
@@ -125,7 +139,13 @@ class WindowWriter:
         for key in META_ARRAYS:
             if len(meta[key]) != len(crops):
                 raise ValueError(f"window {name}: {key} has {len(meta[key])} values for {len(crops)} crops")
-        self._put(("append", name, crops, {k: np.asarray(meta[k], dtype=META_ARRAYS[k]) for k in META_ARRAYS}))
+        arrays = {k: np.asarray(meta[k], dtype=META_ARRAYS[k]) for k in META_ARRAYS}
+        for key, (dtype, tail) in EXTRA_ARRAYS.items():  # optional: NaN when not given
+            a = np.asarray(meta[key], dtype=dtype) if key in meta else np.full((len(crops), *tail), np.nan, dtype)
+            if a.shape != (len(crops), *tail):
+                raise ValueError(f"window {name}: {key} must have shape {(len(crops), *tail)}, got {a.shape}")
+            arrays[key] = a
+        self._put(("append", name, crops, arrays))
 
     def close_window(self, name: str, attrs: dict[str, Any]) -> None:
         """Final attributes; once the window is durable ``complete`` is set true."""
@@ -176,6 +196,8 @@ class WindowWriter:
                        compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")])
         for key, dtype in META_ARRAYS.items():
             g.create_array(key, shape=(0,), chunks=(4096,), dtype=dtype)
+        for key, (dtype, tail) in EXTRA_ARRAYS.items():
+            g.create_array(key, shape=(0, *tail), chunks=(4096, *tail), dtype=dtype, fill_value=float("nan"))
         self._windows[name] = g
         with self._lock:
             self.counters["windows_opened"] += 1
@@ -188,7 +210,7 @@ class WindowWriter:
         frames[n:n + k] = crops
         for key, values in meta.items():
             arr = g[key]
-            arr.resize((n + k,))
+            arr.resize((n + k, *arr.shape[1:]))
             arr[n:n + k] = values
         with self._lock:
             self.counters["chunks"] += 1
@@ -211,6 +233,9 @@ class WindowWriter:
 
 
 # -- the live stage ----------------------------------------------------------------------------
+_NO_ORIENTATION = np.full(4, np.nan, np.float32)
+
+
 class _Open:
     """A particle's window being filled."""
 
@@ -221,12 +246,14 @@ class _Open:
         self.coverage = cov
         self.frames = 0
         self.crops: list[np.ndarray] = []
-        self.meta: dict[str, list] = {k: [] for k in META_ARRAYS}
+        self.meta: dict[str, list] = {k: [] for k in (*META_ARRAYS, *EXTRA_ARRAYS)}
         self.members: list[int] = []
         self.diameters: list[float] = []
         self.diameter_open = math.nan
         #: the last ``overlap`` frames (crop, metadata, view, diameter): they open the next window
         self.tail: deque = deque(maxlen=max(overlap, 1))
+        #: the last view seen (frame, direction, counted for coverage yet): see CONFIRM_DEG
+        self.pending: tuple[int, np.ndarray, bool] | None = None
 
 
 class WindowStage:
@@ -299,7 +326,9 @@ class WindowStage:
         info = next((c for c in reversed(self.closed) if c["window"] == name), {})
         self.jobs.submit(name, {k: info[k] for k in ("particle", "lattice_frames", "coverage") if k in info})
 
-    def _view(self, particle: int, row: dict[str, Any], crop: np.ndarray) -> np.ndarray | None:
+    def _orient(self, particle: int, row: dict[str, Any], crop: np.ndarray) -> np.ndarray | None:
+        """The particle's orientation filter updated on this crop: its reported quaternion (None
+        when the crop shows no lattice peak)."""
         d_nm = row.get("diameter_nm")
         diameter_A = 10.0 * (d_nm if d_nm and math.isfinite(d_nm) else self.cfg.frames.particle_diameter_nm)
         radius = round(diameter_A / self.pix / 2 + 6.0, 1)
@@ -314,10 +343,9 @@ class WindowStage:
         if f is None:
             f = self._filters[particle] = OrientationFilter(
                 rot_diffusion_rad2_s=self.w.rot_diffusion_rad2_s, fps=self.cfg.acquisition.fps,
-                particles=self.w.orientation_particles, seed=particle)
-        q = f.update(int(row["frame"]), lambda r: peak_match_score(
+                particles=self.w.orientation_particles, seed=particle, fold=True)
+        return f.update(int(row["frame"]), lambda r: peak_match_score(
             r, self._reflections, peaks, weights, box=self.box, pixel_size_A=self.pix, diameter_A=diameter_A))
-        return view_directions(q)
 
     def _new_window(self, particle: int, t_start: float) -> _Open:
         number = self._numbers.get(particle, 0)
@@ -335,16 +363,23 @@ class WindowStage:
         t0 = time.perf_counter()
         with self._lock:
             particle = int(row["particle"])
-            win = self._open.get(particle) or self._new_window(particle, float(row["t_s"]))
+            win = self._open.get(particle)
+            if win is not None and float(row["t_s"]) - win.t_start > self.w.max_seconds:
+                self._close(particle, "max_seconds")  # it ran out of time while no lattice frame came
+                win = self._open.get(particle)  # (the overlap's window, if any)
+            if win is None:
+                win = self._new_window(particle, float(row["t_s"]))
             f = self._filters.get(particle)
-            view = None
+            q = None
             if f is None or f.last_frame is None or row["frame"] - f.last_frame >= self.w.orientation_every_frames:
                 t1 = time.perf_counter()
-                view = self._view(particle, row, np.asarray(crop, np.float32))
+                q = self._orient(particle, row, np.asarray(crop, np.float32))
                 self.orientation_updates += 1
                 self.orientation_seconds += time.perf_counter() - t1
             d = row.get("diameter_nm")
-            self._append(win, np.asarray(crop, np.float32), {k: row[k] for k in META_ARRAYS}, view,
+            meta = {k: row[k] for k in META_ARRAYS}
+            meta["orientation"] = q if q is not None else _NO_ORIENTATION
+            self._append(win, np.asarray(crop, np.float32), meta, None if q is None else view_directions(q),
                          float(d) if d is not None and math.isfinite(d) else None)
             self.lattice_crops += 1
             reason = self._close_reason(win)
@@ -355,14 +390,15 @@ class WindowStage:
     def _append(self, win: _Open, crop: np.ndarray, meta: dict[str, Any], view: np.ndarray | None,
                 diameter: float | None) -> None:
         if view is not None:
-            win.coverage.add(view)
+            self._confirm(win, int(meta["frame"]), view)
+        meta["coverage"] = win.coverage.fraction
         win.crops.append(crop)
-        for k in META_ARRAYS:
+        for k in win.meta:
             win.meta[k].append(meta[k])
         win.members.append(int(meta["frame"]))
         if diameter is not None:
             win.diameters.append(diameter)
-            if not math.isfinite(win.diameter_open) and len(win.diameters) >= 5:
+            if not math.isfinite(win.diameter_open) and len(win.diameters) >= self.w.diameter_frames:
                 win.diameter_open = float(np.median(win.diameters))
         win.frames += 1
         win.t_end = float(meta["t_s"])
@@ -371,13 +407,24 @@ class WindowStage:
         if len(win.crops) >= self.w.chunk_frames:
             self._flush(win)
 
+    def _confirm(self, win: _Open, frame: int, view: np.ndarray) -> None:
+        """Count ``view`` (and the pending one) for coverage when the two agree (see CONFIRM_DEG)."""
+        prev = win.pending
+        counted = False
+        if prev is not None and frame - prev[0] <= 2 * self.w.orientation_every_frames and \
+                float(np.dot(prev[1], view)) >= math.cos(math.radians(CONFIRM_DEG)):
+            win.coverage.add(view if prev[2] else np.stack([prev[1], view]))
+            counted = True
+        win.pending = (frame, view, counted)
+
     def _close_reason(self, win: _Open) -> str | None:
         if win.coverage.fraction >= self.w.coverage_threshold and win.frames >= self.w.min_frames:
             return "coverage"
         if win.t_end - win.t_start >= self.w.max_seconds:
             return "max_seconds"
-        if math.isfinite(win.diameter_open) and len(win.diameters) >= 10:
-            now = float(np.median(win.diameters[-10:]))
+        n = self.w.diameter_frames
+        if math.isfinite(win.diameter_open) and len(win.diameters) >= 2 * n:
+            now = float(np.median(win.diameters[-n:]))
             if abs(now - win.diameter_open) > self.w.max_diameter_change_nm:
                 return "diameter_change"
         return None
@@ -386,11 +433,13 @@ class WindowStage:
         if win.crops:
             self._ensure_writer().append(win.name, np.stack(win.crops), {k: np.asarray(v) for k, v in win.meta.items()})
             win.crops = []
-            win.meta = {k: [] for k in META_ARRAYS}
+            win.meta = {k: [] for k in win.meta}
 
     def _close(self, particle: int, reason: str) -> None:
         win = self._open.pop(particle)
         self._flush(win)
+        if win.coverage.views == 0 and win.pending is not None:
+            win.coverage.add(win.pending[1])  # no view confirmed (a short window): its last view, unconfirmed
         cov = win.coverage.fraction
         attrs = {"t_end_s": win.t_end, "coverage": cov, "lattice_frames": win.frames, "closed_by": reason,
                  "under_covered": bool(cov < self.w.coverage_threshold),
