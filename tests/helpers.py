@@ -1,6 +1,8 @@
 """Helpers shared by the tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
+import numpy as np
+
 from btomo.stream.config import RunConfig, load_config
 
 
@@ -51,3 +53,41 @@ def consume(ingest, *, delay_s: float = 0.0):
             ingest.counters.processed(rec)
         out.append(rec)
     return out
+
+
+# -- a particle of Gaussian atoms with exact projections (reconstruction tests) --------------
+GAUSS_BOX, GAUSS_VOXEL, GAUSS_SIGMA = 40, 0.716, 1.1  # voxels; A/voxel; atom width, voxels
+
+
+def gaussian_atoms(radius_A=7.0):
+    from btomo.kernels.crystal import fcc_points  # noqa: PLC0415
+
+    return fcc_points(radius_A) / GAUSS_VOXEL  # (n, 3) x, y, z in voxels about the centre
+
+
+def gaussian_atoms_volume(atoms):
+    """Gaussian atoms sampled on the grid ([z, y, x], origin at GAUSS_BOX // 2)."""
+    g = np.arange(GAUSS_BOX) - GAUSS_BOX // 2
+    z, y, x = np.meshgrid(g, g, g, indexing="ij")
+    v = np.zeros((GAUSS_BOX,) * 3)
+    for ax, ay, az in atoms:
+        v += np.exp(-((x - ax) ** 2 + (y - ay) ** 2 + (z - az) ** 2) / (2 * GAUSS_SIGMA**2))
+    return v
+
+
+def gaussian_atoms_projections(atoms, rots):
+    """Exact projections along lab z: each atom a 2D Gaussian at (R r)_xy, its z-integral."""
+    g = np.arange(GAUSS_BOX) - GAUSS_BOX // 2
+    y, x = np.meshgrid(g, g, indexing="ij")
+    out = np.zeros((len(rots), GAUSS_BOX, GAUSS_BOX))
+    amp = np.sqrt(2 * np.pi) * GAUSS_SIGMA
+    for i, r in enumerate(rots):
+        lab = atoms @ r.T
+        for ax, ay, _ in lab:
+            out[i] += amp * np.exp(-((x - ax) ** 2 + (y - ay) ** 2) / (2 * GAUSS_SIGMA**2))
+    return out
+
+
+def correlation(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))

@@ -2,43 +2,11 @@
 import numpy as np
 import pytest
 
-from btomo.kernels.crystal import fcc_points
 from btomo.kernels.rotation import quat_to_matrix, random_quaternion
 from btomo.reconstruct.insertion import FourierInserter, fsc, fsc_resolution, kaiser_bessel
 
-BOX, VOXEL, SIGMA = 40, 0.716, 1.1  # voxels; A/voxel; atom width, voxels
-
-
-def _atoms(radius_A=7.0):
-    return fcc_points(radius_A) / VOXEL  # (n, 3) x, y, z in voxels about the centre
-
-
-def _volume(atoms):
-    """Gaussian atoms sampled on the grid ([z, y, x], origin at BOX // 2)."""
-    g = np.arange(BOX) - BOX // 2
-    z, y, x = np.meshgrid(g, g, g, indexing="ij")
-    v = np.zeros((BOX,) * 3)
-    for ax, ay, az in atoms:
-        v += np.exp(-((x - ax) ** 2 + (y - ay) ** 2 + (z - az) ** 2) / (2 * SIGMA**2))
-    return v
-
-
-def _projections(atoms, rots):
-    """Exact projections along lab z: each atom a 2D Gaussian at (R r)_xy, its z-integral."""
-    g = np.arange(BOX) - BOX // 2
-    y, x = np.meshgrid(g, g, indexing="ij")
-    out = np.zeros((len(rots), BOX, BOX))
-    amp = np.sqrt(2 * np.pi) * SIGMA
-    for i, r in enumerate(rots):
-        lab = atoms @ r.T
-        for ax, ay, _ in lab:
-            out[i] += amp * np.exp(-((x - ax) ** 2 + (y - ay) ** 2) / (2 * SIGMA**2))
-    return out
-
-
-def _corr(a, b):
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+from helpers import GAUSS_BOX as BOX, GAUSS_VOXEL as VOXEL, gaussian_atoms as _atoms, correlation as _corr, \
+    gaussian_atoms_projections as _projections, gaussian_atoms_volume as _volume
 
 
 def test_kaiser_bessel_is_one_at_the_centre_and_zero_outside():
