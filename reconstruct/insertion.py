@@ -32,11 +32,7 @@ def kaiser_bessel(d, width: float, beta: float, xp: Any = np):
     t = 1.0 - (2.0 * d / width) ** 2
     inside = t >= 0
     arg = beta * xp.sqrt(xp.clip(t, 0.0, None))
-    return xp.where(inside, _i0(arg, xp) / float(np.i0(beta)), 0.0)
-
-
-def _i0(x, xp: Any):
-    return xp.i0(x) if hasattr(xp, "i0") else np.i0(to_numpy(x))
+    return xp.where(inside, xp.i0(arg) / float(np.i0(beta)), 0.0)
 
 
 class FourierInserter:
@@ -72,7 +68,8 @@ class FourierInserter:
         a = float(pad)
         # Beatty, Nishimura & Pauly (2005), eq. 5: the beta that minimises aliasing for oversampling a
         self.beta = math.pi * math.sqrt(max((kernel_width / a) ** 2 * (a - 0.5) ** 2 - 0.8, 1e-3))
-        self.data = xp.zeros(self.m ** 3, dtype=xp.complex128)
+        self.data_re = xp.zeros(self.m ** 3, dtype=xp.float64)  # (bincount is real: two sums, no temporaries)
+        self.data_im = xp.zeros(self.m ** 3, dtype=xp.float64)
         self.weights = xp.zeros(self.m ** 3, dtype=xp.float64)
         self.images = 0
         # the 2D sample positions of a padded image (cycles/voxel) within the frequency limit
@@ -81,8 +78,7 @@ class FourierInserter:
         keep = (kx * kx + ky * ky) <= self.max_frequency ** 2
         self._keep = keep.ravel()
         self._k2 = xp.stack([kx.ravel()[self._keep], ky.ravel()[self._keep]], axis=1)  # (s, 2) x, y
-        offs = xp.arange(kernel_width) - (kernel_width - 1) // 2
-        self._offsets = offs
+        self._offsets = [o - (kernel_width - 1) // 2 for o in range(kernel_width)]
 
     def _image_ft(self, images):
         """(n, box, box) real images -> (n, s) Fourier samples on the padded grid."""
@@ -114,20 +110,19 @@ class FourierInserter:
         base = xp.floor(pos + (0.5 if self.width % 2 else 0.0)).astype(xp.int64)
         w_rep = xp.repeat(w_img, len(self._k2))
         m = self.m
-        for ox in to_numpy(self._offsets).tolist():
+        for ox in self._offsets:
             gx = base[:, 0] + ox
             wx = kaiser_bessel(gx - pos[:, 0], self.width, self.beta, xp)
-            for oy in to_numpy(self._offsets).tolist():
+            for oy in self._offsets:
                 gy = base[:, 1] + oy
                 wxy = wx * kaiser_bessel(gy - pos[:, 1], self.width, self.beta, xp)
-                for oz in to_numpy(self._offsets).tolist():
+                for oz in self._offsets:
                     gz = base[:, 2] + oz
                     w = wxy * kaiser_bessel(gz - pos[:, 2], self.width, self.beta, xp)
                     idx = ((gz % m) * m + (gy % m)) * m + (gx % m)
                     self.weights += xp.bincount(idx, weights=w * w_rep, minlength=m ** 3)
-                    wv = w * vals
-                    self.data += xp.bincount(idx, weights=wv.real, minlength=m ** 3) \
-                        + 1j * xp.bincount(idx, weights=wv.imag, minlength=m ** 3)
+                    self.data_re += xp.bincount(idx, weights=w * vals.real, minlength=m ** 3)
+                    self.data_im += xp.bincount(idx, weights=w * vals.imag, minlength=m ** 3)
         self.images += images.shape[0]
 
     def reconstruct(self):
@@ -137,7 +132,8 @@ class FourierInserter:
             raise ValueError("no images inserted")
         sampled = self.weights > 0
         floor = self.wiener * float(xp.median(self.weights[sampled])) if bool(sampled.any()) else 1.0
-        ft = xp.where(sampled, self.data / (self.weights + floor), 0.0).reshape(self.m, self.m, self.m)
+        data = self.data_re + 1j * self.data_im
+        ft = xp.where(sampled, data / (self.weights + floor), 0.0).reshape(self.m, self.m, self.m)
         # keep the data within the frequency limit only (the kernel spreads a little beyond)
         f = xp.fft.fftfreq(self.m)
         kk = f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2
