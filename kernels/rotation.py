@@ -11,6 +11,7 @@ __all__ = [
     "quat_multiply",
     "quat_from_rotvec",
     "quat_to_matrix",
+    "quat_from_matrix",
     "quat_normalize",
     "random_quaternion",
 ]
@@ -59,6 +60,40 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
         ],
         axis=-2,
     )
+
+
+def quat_from_matrix(m: np.ndarray) -> np.ndarray:
+    """Unit quaternion(s) ``(..., 4)`` (canonical sign) of rotation matrices ``(..., 3, 3)``.
+
+    Shepperd's method: the largest of ``w, x, y, z`` is computed from the diagonal first, the
+    others from it, so that no branch divides by a small number."""
+    m = np.asarray(m, dtype=np.float64)
+    tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    cands = np.stack([tr, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], axis=-1)
+    k = np.argmax(cands, axis=-1)
+    q = np.empty(m.shape[:-2] + (4,))
+    w2 = [1 + tr, 1 + 2 * m[..., 0, 0] - tr, 1 + 2 * m[..., 1, 1] - tr, 1 + 2 * m[..., 2, 2] - tr]
+    d = {  # the off-diagonal combinations: 4 w x, 4 w y, ... (m[i, j] - m[j, i] etc.)
+        "wx": m[..., 2, 1] - m[..., 1, 2], "wy": m[..., 0, 2] - m[..., 2, 0], "wz": m[..., 1, 0] - m[..., 0, 1],
+        "xy": m[..., 0, 1] + m[..., 1, 0], "xz": m[..., 0, 2] + m[..., 2, 0], "yz": m[..., 1, 2] + m[..., 2, 1],
+    }
+    for case, (a, b, c) in enumerate([("wx", "wy", "wz"), ("wx", "xy", "xz"), ("wy", "xy", "yz"),
+                                      ("wz", "xz", "yz")]):
+        sel = k == case
+        if not np.any(sel):
+            continue
+        s = 2.0 * np.sqrt(np.maximum(w2[case][sel], 1e-300))
+        big = 0.25 * s
+        others = [d[a][sel] / s, d[b][sel] / s, d[c][sel] / s]
+        if case == 0:
+            q[sel] = np.stack([big, *others], axis=-1)
+        elif case == 1:
+            q[sel] = np.stack([others[0], big, others[1], others[2]], axis=-1)
+        elif case == 2:
+            q[sel] = np.stack([others[0], others[1], big, others[2]], axis=-1)
+        else:
+            q[sel] = np.stack([others[0], others[1], others[2], big], axis=-1)
+    return quat_normalize(q)
 
 
 def random_quaternion(rng: np.random.Generator, n: int | None = None) -> np.ndarray:

@@ -24,6 +24,13 @@ class ReconstructConfig:
         Largest shift searched, px (SIMPLE: 5).
     atom_min_separation_A : float
         Smallest distance between two atoms found in a map, A (about 2.2 A).
+    peaks : int
+        Best directions of the coarse search refined locally (SIMPLE keeps 3).
+    band_low_A : float
+        Longest period compared in the orientation search, A: coarser detail (the particle's
+        outline, uneven liquid) is left out.
+    kernel_width : int
+        Width of the Fourier insertion's Kaiser-Bessel kernel, grid points (2 or 3).
     """
 
     lowpass_A: float = 1.5
@@ -32,6 +39,9 @@ class ReconstructConfig:
     local_search_deg: float = 10.0
     shift_px: float = 5.0
     atom_min_separation_A: float = 2.2
+    peaks: int = 3
+    band_low_A: float = 10.0
+    kernel_width: int = 3
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line reason for an invalid value."""
@@ -45,6 +55,13 @@ class ReconstructConfig:
             raise ValueError(f"reconstruct.local_search_deg must be in (0, 90], got {self.local_search_deg}")
         if self.shift_px < 0:
             raise ValueError(f"reconstruct.shift_px must be >= 0, got {self.shift_px}")
+        if self.peaks < 1:
+            raise ValueError(f"reconstruct.peaks must be >= 1, got {self.peaks}")
+        if self.band_low_A <= 2 * self.lowpass_A:
+            raise ValueError(f"reconstruct.band_low_A must be > 2 x lowpass_A ({2 * self.lowpass_A} A), "
+                             f"got {self.band_low_A}")
+        if self.kernel_width not in (2, 3, 4):
+            raise ValueError(f"reconstruct.kernel_width must be 2, 3 or 4, got {self.kernel_width}")
         if self.atom_min_separation_A <= 0:
             raise ValueError(
                 f"reconstruct.atom_min_separation_A must be > 0 A, got {self.atom_min_separation_A}"

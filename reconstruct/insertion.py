@@ -125,6 +125,19 @@ class FourierInserter:
                     self.data_im += xp.bincount(idx, weights=w * vals.imag, minlength=m ** 3)
         self.images += images.shape[0]
 
+    def merged(self, other: "FourierInserter") -> "FourierInserter":
+        """A new inserter holding the sums of this one and ``other`` (two half sets -> the whole)."""
+        if (other.box, other.pad, other.width, other.max_frequency) != (self.box, self.pad, self.width,
+                                                                         self.max_frequency):
+            raise ValueError("can only merge inserters of the same box, padding, kernel and frequency limit")
+        out = FourierInserter(self.box, pad=self.pad, kernel_width=self.width, max_frequency=self.max_frequency,
+                              wiener=self.wiener, xp=self.xp)
+        out.data_re = self.data_re + other.data_re
+        out.data_im = self.data_im + other.data_im
+        out.weights = self.weights + other.weights
+        out.images = self.images + other.images
+        return out
+
     def reconstruct(self):
         """The map ``(box, box, box)`` (float64, ``[z, y, x]``, origin at ``box // 2``)."""
         xp = self.xp
@@ -170,13 +183,28 @@ def fsc(a, b) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(nsh) / n, to_numpy(c[:nsh])
 
 
-def fsc_resolution(freq: np.ndarray, curve: np.ndarray, voxel_A: float, threshold: float = 0.143) -> float:
-    """Resolution (A) where the FSC first falls below ``threshold`` (0.143: half maps), linearly
-    interpolated; the Nyquist limit if it never does."""
-    below = np.flatnonzero(curve[1:] < threshold)
+def fsc_resolution(freq: np.ndarray, curve: np.ndarray, voxel_A: float, threshold: float = 0.143, *,
+                   first: bool = True) -> float:
+    """Resolution (A) where the FSC falls below ``threshold`` (0.143: half maps), linearly
+    interpolated; the Nyquist limit if it never does.
+
+    ``first``: the first crossing from low frequencies (the usual reading). Otherwise the last
+    one: the highest frequency up to which the FSC is above the threshold, for maps whose
+    images transfer some low frequencies poorly (phase contrast near focus leaves a dip at
+    5-10 A that is no limit of the resolution)."""
+    below = np.flatnonzero(curve[1:] < threshold) + 1
     if len(below) == 0:
         return 2.0 * voxel_A
-    i = below[0] + 1
+    if first:
+        i = below[0]
+    else:
+        above = np.flatnonzero(curve[1:] >= threshold) + 1
+        if len(above) == 0:
+            i = below[0]
+        elif above[-1] == len(curve) - 1:
+            return 2.0 * voxel_A
+        else:
+            i = above[-1] + 1
     f0, f1, c0, c1 = freq[i - 1], freq[i], curve[i - 1], curve[i]
     f = f0 + (c0 - threshold) * (f1 - f0) / (c0 - c1) if c0 != c1 else f1
     return voxel_A / max(f, 1e-9)

@@ -1,11 +1,11 @@
 """The reconstruction job of one window: what a Dask worker runs when a window closes.
 
 :func:`run_window_job` reads the window (checked, :func:`~btomo.reconstruct.window.read_window`),
-runs the reconstruction that is built, writes ``job.json`` into the window's output directory
-(``recon/<window>/``) and returns the same record. **The 3D reconstruction itself is not built
-yet** (issue 7): until it is, a job checks and summarises the window and says, in its record and
-its log, that no map was made (``"map": null``, ``"reconstruction": "not built"``). It never
-writes a map it did not compute.
+reconstructs it (:func:`~btomo.reconstruct.run.reconstruct_window`: map, half maps, atoms,
+orientations, FSC, report) into the window's output directory (``recon/<window>/``), writes
+``job.json`` there and returns the same record. A window that cannot be reconstructed (missing,
+torn, too few usable frames, crops too small for the particle) raises with the reason, and the
+job fails with it; no map is ever written that was not computed.
 
 The job reports ``running`` when it starts through the Dask event log (topic
 :data:`EVENT_TOPIC`), so the live pipeline can tell a queued job from a running one.
@@ -19,9 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .window import read_window
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +39,7 @@ def _event(msg: dict[str, Any]) -> None:
     worker.log_event(EVENT_TOPIC, msg)
 
 
-def run_window_job(store: str, window: str, out_dir: str) -> dict[str, Any]:
+def run_window_job(store: str, window: str, out_dir: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Reconstruct window ``window`` of ``store`` into ``out_dir`` (see the module).
 
     Parameters
@@ -53,38 +50,39 @@ def run_window_job(store: str, window: str, out_dir: str) -> dict[str, Any]:
         The window's subgroup.
     out_dir : str
         Output directory (``recon/<window>/``), created.
+    settings : dict, optional
+        :class:`~btomo.reconstruct.config.ReconstructConfig` fields (plain values: they travel to
+        the worker).
 
     Returns
     -------
     dict
         The job record (also ``out_dir/job.json``): window, frames, time span, coverage,
-        ``reconstruction`` ("not built" / "done"), ``map`` (path or None), seconds, host, pid.
+        ``reconstruction`` ("done"), ``map`` (path), atoms, resolution, seconds, host, pid.
 
     Raises
     ------
     WindowError
-        The window is missing, incomplete or not of the contracted layout (the job fails with
-        this reason).
+        The window is missing, incomplete or not of the contracted layout.
+    ValueError
+        The window cannot be reconstructed (the reason says why).
     """
+    from .config import ReconstructConfig  # noqa: PLC0415
+    from .run import reconstruct_window  # noqa: PLC0415
+
     t0 = time.perf_counter()
     _event({"window": window, "state": "running", "pid": os.getpid()})
-    w = read_window(store, window)
-    if w.n == 0:
-        raise ValueError(f"window {window} holds no frames")
-    finite = float(np.isfinite(w.frames).mean())
-    record: dict[str, Any] = {
-        "window": window, "store": str(store), "frames": w.n, "box_px": int(w.frames.shape[1]),
-        "pixel_size_A": w.pixel_size_A, "t_start_s": float(w.attrs["t_start_s"]),
-        "t_end_s": float(w.attrs["t_end_s"]), "coverage": float(w.attrs["coverage"]),
-        "finite_fraction": finite, "mean": float(np.nanmean(w.frames)), "std": float(np.nanstd(w.frames)),
-    }
-    record.update({"reconstruction": "not built", "map": None,
-                   "note": "3D reconstruction is not built yet (issue 7): the window was read, checked and "
-                           "summarised; no map was made"})
-    log.info("window %s: %s", window, record["note"])
-    record.update({"seconds": time.perf_counter() - t0, "host": os.uname().nodename, "pid": os.getpid()})
+    cfg = ReconstructConfig(**(settings or {}))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    s = reconstruct_window(store, window, out, cfg)
+    record: dict[str, Any] = {
+        **{k: s[k] for k in ("window", "store", "frames", "frames_used", "box_px", "pixel_size_A", "t_start_s",
+                             "t_end_s", "coverage")},
+        "reconstruction": "done", "map": str(out / "map.mrc"), "atoms": s["atoms"],
+        "resolution_A": s["resolution_A"], "map_model_correlation": s["map_model_correlation"],
+    }
+    log.info("window %s: reconstructed, %d atoms, FSC 0.143 at %.2f A", window, s["atoms"], s["resolution_A"])
+    record.update({"seconds": time.perf_counter() - t0, "host": os.uname().nodename, "pid": os.getpid()})
     tmp = out / "job.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(out / "job.json")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import zmq
 
 from .config import ConfigError, RunConfig, load_config, write_config
@@ -29,7 +30,6 @@ EXIT_NOT_BUILT = 3
 
 # the issue that builds each command not built yet
 NOT_BUILT = {
-    "reconstruct": "3D reconstruction (issue 7)",
     "analyze": "structure and time-series analysis (issue 8)",
 }
 
@@ -184,7 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconstruct", help="reconstruct one window (3D map and atoms)")
     p.add_argument("window", help="STORE.zarr/WINDOW_ID")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="output directory (default: the run's recon/WINDOW_ID)")
+    p.add_argument("--rounds", type=int, help="refinement rounds (default 5)")
+    p.add_argument("--directions", type=int, help="projection directions searched (default 2500)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the orientation search runs (cuda needs CuPy: pip install 'btomo[gpu]')")
     _common(p)
 
     p = sub.add_parser("analyze", help="structure and time-series analysis with tables and figures")
@@ -495,6 +499,40 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from btomo.reconstruct.run import reconstruct_window  # noqa: PLC0415
+    from btomo.reconstruct.window import WindowError, split_window_path  # noqa: PLC0415
+
+    cfg = config_from_args(args, {"rounds": "reconstruct.rounds", "directions": "reconstruct.directions"})
+    xp = np
+    if args.device == "cuda":
+        from btomo.kernels.xp import require_cupy  # noqa: PLC0415
+
+        try:
+            xp = require_cupy()
+        except RuntimeError as exc:
+            raise UserError(str(exc)) from None
+    try:
+        store, window = split_window_path(args.window)
+        s = reconstruct_window(store, window, args.out, cfg.reconstruct, xp=xp)
+    except (WindowError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"btomo reconstruct {window}")
+    for col in ("round", "orientation change", "score", "atoms", "kept", "FSC 0.143", "map-model", "s"):
+        table.add_column(col, justify="right")
+    for r in s["rounds"]:
+        table.add_row(str(r["round"]), f"{r['median_change_deg']:.2f} deg", f"{r['mean_score']:.4f}", str(r["atoms"]),
+                      str(r["atoms_kept"]), f"{r['fsc_resolution_A']:.2f} A", f"{r['model_correlation']:.3f}",
+                      f"{r['seconds']:.1f}")
+    Console().print(table)
+    print(f"{s['frames_used']} of {s['frames']} frames, box {s['box']} at {s['voxel_A']:.3f} A, diameter "
+          f"{s['diameter_A']:.1f} A ({s['diameter_source']}); {s['atoms']} atoms; wrote {s['out']}")
+    return 0
+
+
 def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         config_from_args(args, {})
@@ -514,6 +552,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "process": cmd_process,
     "train-denoiser": cmd_train_denoiser,
     "denoise": cmd_denoise,
+    "reconstruct": cmd_reconstruct,
     **{name: _not_built(name) for name in NOT_BUILT},
 }
 

@@ -47,10 +47,15 @@ class ReconstructionJobs:
         The run's ``windows.zarr``.
     out_root : path
         Where each job writes: ``out_root/<window>/`` (the run's ``recon/``).
+    reconstruct : ReconstructConfig, optional
+        The reconstruction's settings (default: its defaults).
     """
 
-    def __init__(self, cfg: Any, store: Path, out_root: Path):
+    def __init__(self, cfg: Any, store: Path, out_root: Path, reconstruct: Any = None):
+        import dataclasses  # noqa: PLC0415
+
         self.cfg = cfg
+        self.settings = dataclasses.asdict(reconstruct) if reconstruct is not None else {}
         self.store = Path(store).resolve()
         self.out_root = Path(out_root).resolve()
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -146,7 +151,7 @@ class ReconstructionJobs:
     def _submit(self, window: str) -> None:
         from btomo.reconstruct.job import run_window_job  # noqa: PLC0415
 
-        fut = self._client.submit(run_window_job, str(self.store), window, str(self.out_root / window),
+        fut = self._client.submit(run_window_job, str(self.store), window, str(self.out_root / window), self.settings,
                                   key=f"btomo-reconstruct-{window}-{self._token}", pure=False, retries=0)
         with self._lock:
             self._futures[window] = fut
@@ -167,7 +172,8 @@ class ReconstructionJobs:
         try:
             if fut.status == "finished":
                 result = fut.result()
-                self._settle(window, "done", **{k: result.get(k) for k in ("reconstruction", "map", "note", "seconds")})
+                keep = ("reconstruction", "map", "atoms", "resolution_A", "seconds")
+                self._settle(window, "done", **{k: result.get(k) for k in keep})
             elif fut.status == "cancelled":
                 self._settle(window, "failed", reason="cancelled")
             else:

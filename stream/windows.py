@@ -286,7 +286,8 @@ class WindowStage:
         self.pix = cfg.acquisition.pixel_size_A
         self.writer: WindowWriter | None = None
         self.run_dir = Path(run_dir)
-        self.jobs = ReconstructionJobs(cfg.jobs, self.run_dir / "windows.zarr", self.run_dir / "recon")
+        self.jobs = ReconstructionJobs(cfg.jobs, self.run_dir / "windows.zarr", self.run_dir / "recon",
+                                       cfg.reconstruct)
         self._open: dict[int, _Open] = {}
         self._numbers: dict[int, int] = {}
         self._filters: dict[int, Any] = {}

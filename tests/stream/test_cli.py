@@ -12,8 +12,8 @@ CONTRACT_COMMANDS = ["demo", "simulate", "live", "replay", "record", "process", 
                      "reconstruct", "analyze"]
 
 # minimal valid arguments of each command not built yet
-NOT_BUILT_ARGS = {"reconstruct": ["w.zarr/0"], "analyze": ["run"]}
-BUILT = {"demo", "simulate", "live", "replay", "record", "process", "train-denoiser", "denoise"}
+NOT_BUILT_ARGS = {"analyze": ["run"]}
+BUILT = {"demo", "simulate", "live", "replay", "record", "process", "train-denoiser", "denoise", "reconstruct"}
 
 
 @pytest.mark.parametrize("command", CONTRACT_COMMANDS)

@@ -7,10 +7,23 @@ import time
 import numpy as np
 import pytest
 
+from btomo.reconstruct.config import ReconstructConfig
 from btomo.reconstruct.window import WindowError, read_window
 from btomo.stream.config import JobsConfig
 from btomo.stream.jobs import ReconstructionJobs
 from btomo.stream.windows import WindowWriter
+
+
+def _sim_window(store_dir):
+    """A small simulated window that reconstructs in seconds (stored as ``p0_w0000``)."""
+    from btomo.stream.simwindow import simulate_window
+    from helpers import small_config
+
+    cfg = small_config(**{"frames.box_px": 64, "sample.diameter_nm": 1.2, "acquisition.dose_e_per_A2": 300.0})
+    return simulate_window(cfg, store_dir, 40, seed=1)
+
+
+QUICK = ReconstructConfig(rounds=1, directions=60)
 
 
 def _window(store, name, n=12, box=16, close=True):
@@ -26,37 +39,41 @@ def _window(store, name, n=12, box=16, close=True):
 
 @pytest.mark.slow
 def test_jobs_run_on_a_local_cluster_and_report_their_states(tmp_path):
-    store = tmp_path / "windows.zarr"
-    _window(store, "p0_w0000")
+    sw = _sim_window(tmp_path)
+    store = sw.store
     _window(store, "p0_w0001", close=False)  # torn: complete stays false
-    jobs = ReconstructionJobs(JobsConfig(), store, tmp_path / "recon")
+    _window(store, "p0_w0002")  # 16 px of noise: nothing to reconstruct
+    jobs = ReconstructionJobs(JobsConfig(), store, tmp_path / "recon", QUICK)
     jobs.submit("p0_w0000", {"particle": 0})
     jobs.submit("p0_w0001")
+    jobs.submit("p0_w0002")
     jobs.submit("p9_w0000")  # not in the store
-    assert jobs.counts()["queued"] == 3
+    assert jobs.counts()["queued"] == 4
     out = jobs.finish()
     by = {j["window"]: j for j in out["jobs"]}
-    assert out["states"] == {"queued": 0, "running": 0, "done": 1, "failed": 2, "skipped": 0, "left_running": 0}
+    assert out["states"] == {"queued": 0, "running": 0, "done": 1, "failed": 3, "skipped": 0, "left_running": 0}
     ok = by["p0_w0000"]
-    assert ok["state"] == "done" and ok["reconstruction"] == "not built" and ok["map"] is None
+    assert ok["state"] == "done" and ok["reconstruction"] == "done" and ok["map"].endswith("map.mrc")
     assert ok["queued_at"] <= ok["submitted_at"] <= ok["started_at"] <= ok["ended_at"]  # "running" was seen
     rec = json.loads((tmp_path / "recon" / "p0_w0000" / "job.json").read_text())
-    assert rec["frames"] == 12 and rec["box_px"] == 16 and rec["finite_fraction"] == 1.0
+    assert rec["frames"] == 40 and rec["box_px"] == 64 and rec["atoms"] > 0
+    assert (tmp_path / "recon" / "p0_w0000" / "map.mrc").exists()
     assert "WindowError" in by["p0_w0001"]["reason"] and "not complete" in by["p0_w0001"]["reason"]
+    assert "ValueError" in by["p0_w0002"]["reason"]
     assert "not in" in by["p9_w0000"]["reason"]
-    assert out["reconstructions_done"] == 0 and out["scheduler"].startswith("tcp://127.0.0.1:")
+    assert out["reconstructions_done"] == 1 and out["scheduler"].startswith("tcp://127.0.0.1:")
 
 
 @pytest.mark.slow
 def test_an_existing_cluster_by_address_and_the_pending_limit(tmp_path):
     from distributed import Client, LocalCluster
 
-    store = tmp_path / "windows.zarr"
-    for i in range(3):
+    store = _sim_window(tmp_path).store
+    for i in range(1, 3):
         _window(store, f"p0_w000{i}")
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         jobs = ReconstructionJobs(JobsConfig(scheduler=cluster.scheduler_address, max_pending=1), store,
-                                  tmp_path / "recon")
+                                  tmp_path / "recon", QUICK)
         for i in range(3):
             jobs.submit(f"p0_w000{i}")  # the first is pending while the others arrive
         out = jobs.finish()

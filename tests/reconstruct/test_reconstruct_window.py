@@ -1,0 +1,83 @@
+"""`btomo reconstruct` end to end on a simulated window (CI size): real Zarr window in, real MRC /
+XYZ / CSV out, atoms and orientations scored against the simulator's truth. The thresholds fail
+a broken search (a control with random orientations scores far below them)."""
+import csv
+import json
+
+import mrcfile
+import numpy as np
+import pytest
+from ase.io import read as ase_read
+
+from btomo.kernels.rotation import quat_to_matrix, random_quaternion
+from btomo.reconstruct.atoms import find_atoms
+from btomo.reconstruct.config import ReconstructConfig
+from btomo.reconstruct.evaluate import orientation_errors, superpose_atoms
+from btomo.reconstruct.insertion import FourierInserter
+from btomo.reconstruct.preprocess import prepare
+from btomo.reconstruct.refine import shift_images
+from btomo.reconstruct.window import read_window
+from btomo.stream.cli import main
+from btomo.stream.simwindow import simulate_window
+from helpers import small_config
+
+FRAMES, DOSE = 160, 600.0  # a clean regime for CI; the paper's dose is measured in tools/report_reconstruct.py
+
+
+@pytest.fixture(scope="module")
+def window(tmp_path_factory):
+    cfg = small_config(**{"frames.box_px": 96, "sample.diameter_nm": 1.6, "acquisition.dose_e_per_A2": DOSE})
+    return simulate_window(cfg, tmp_path_factory.mktemp("sw"), FRAMES, seed=2, shape="truncated_octahedron",
+                           remove_surface=8)
+
+
+@pytest.mark.slow
+def test_reconstruct_command_recovers_the_atoms_of_a_simulated_window(window, tmp_path, capsys):
+    out = tmp_path / "recon"
+    assert main(["reconstruct", str(window.path), "--out", str(out), "--rounds", "3", "--directions", "600"]) == 0
+    assert "atoms; wrote" in capsys.readouterr().out
+    with mrcfile.open(out / "map.mrc") as m:
+        assert m.data.ndim == 3 and m.data.dtype == np.float32
+        assert float(m.voxel_size.x) == pytest.approx(0.716, abs=1e-3)
+        shape = m.data.shape
+    for half in ("half_1.mrc", "half_2.mrc"):
+        with mrcfile.open(out / half) as m:
+            assert m.data.shape == shape
+    found = ase_read(out / "atoms.xyz").positions
+    rows = list(csv.DictReader(open(out / "orientations.csv")))
+    assert len(rows) == FRAMES and all(r["used"] == "1" for r in rows)
+    assert [int(r["frame"]) for r in rows] == list(range(FRAMES))
+    fsc_rows = list(csv.DictReader(open(out / "fsc.csv")))
+    assert float(fsc_rows[1]["fsc"]) > 0.9
+    summary = json.loads((out / "reconstruction.json").read_text())
+    assert summary["frames_used"] == FRAMES and len(summary["rounds"]) == 3
+    assert (out / "report.png").stat().st_size > 10_000 and (out / "reconstruct.toml").exists()
+    # against the truth, after superposition (rotation, translation, inversion)
+    score = superpose_atoms(found, window.atoms_A)
+    assert score.recall >= 0.9 and score.precision >= 0.85 and score.rmsd_A <= 0.35, score.as_dict()
+    q = np.array([[float(r[k]) for k in ("qw", "qx", "qy", "qz")] for r in rows])
+    err, _, _ = orientation_errors(quat_to_matrix(q), quat_to_matrix(window.quaternions), centrosymmetric=True)
+    assert np.median(err) < 12.0, np.median(err)
+
+
+@pytest.mark.slow
+def test_random_orientations_make_no_structure(window):
+    """The control: the same frames inserted in random orientations give a map whose atoms miss
+    the thresholds above by far (so those thresholds test the search)."""
+    w = read_window(window.store, window.name)
+    cfg = ReconstructConfig()
+    prep = prepare(w.frames, w.pixel_size_A, diameter_A=10 * w.attrs["diameter_nm"])
+    ins = FourierInserter(prep.box, max_frequency=prep.voxel_A / cfg.lowpass_A)
+    ins.insert(shift_images(prep.images, np.zeros((FRAMES, 2))),
+               quat_to_matrix(random_quaternion(np.random.default_rng(0), FRAMES)))
+    atoms = find_atoms(ins.reconstruct(), prep.voxel_A, mask_radius_A=prep.mask_radius_px * prep.voxel_A)
+    score = superpose_atoms(atoms.positions_A, window.atoms_A)
+    assert score.recall < 0.6 or score.precision < 0.6, score.as_dict()
+
+
+def test_reconstruct_command_errors_are_one_line(tmp_path, capsys):
+    assert main(["reconstruct", str(tmp_path / "nothing.zarr" / "p0_w0000")]) == 2
+    err = capsys.readouterr().err
+    assert "no window store" in err and err.count("\n") == 1
+    assert main(["reconstruct", str(tmp_path / "w0")]) == 2
+    assert "STORE.zarr/WINDOW_ID" in capsys.readouterr().err

@@ -1,0 +1,74 @@
+"""The orientation search: polar transforms agree with central sections, and projection matching
+finds the orientations of exact projections of an asymmetric cluster (and not of a wrong model)."""
+import numpy as np
+
+from btomo.kernels.rotation import quat_to_matrix, random_quaternion
+from btomo.reconstruct.projection import Projector
+from btomo.reconstruct.search import (OrientationSearch, PolarGrid, angle_between, direction_rotations,
+                                      image_polar, reference_polar, rot_z)
+from helpers import GAUSS_BOX, gaussian_atoms, gaussian_atoms_projections, gaussian_atoms_volume
+
+
+def _cluster(seed=1):
+    rng = np.random.default_rng(seed)
+    atoms = gaussian_atoms(8.0)
+    return atoms[rng.random(len(atoms)) > 0.25]  # a quarter of the sites empty: no symmetry left
+
+
+def test_direction_rotations_put_the_direction_along_the_beam():
+    d = np.random.default_rng(0).normal(size=(50, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    r = direction_rotations(d)
+    np.testing.assert_allclose(r @ r.transpose(0, 2, 1), np.broadcast_to(np.eye(3), r.shape), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-12)
+    np.testing.assert_allclose(r[:, 2, :], d, atol=1e-12)  # R^T e_z = d
+    np.testing.assert_allclose(angle_between(rot_z(np.full(3, 0.3)), rot_z(np.zeros(3))), np.degrees(0.3))
+
+
+def test_image_harmonics_equal_the_maps_central_sections():
+    atoms = _cluster()
+    rots = quat_to_matrix(random_quaternion(np.random.default_rng(2), 6))
+    grid = PolarGrid.for_band(GAUSS_BOX, 0.03, 0.45)
+    qi = image_polar(gaussian_atoms_projections(atoms, rots), grid)
+    qr = reference_polar(Projector(gaussian_atoms_volume(atoms)), rots, grid)
+    for a, b in zip(qi, qr):
+        assert np.vdot(a, b).real / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
+    # the transposed rotation (the other convention) does not match
+    qt = reference_polar(Projector(gaussian_atoms_volume(atoms)), rots.transpose(0, 2, 1), grid)
+    assert np.mean([np.vdot(a, b).real / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(qi, qt)]) < 0.99
+
+
+def test_search_finds_the_orientations_of_exact_and_noisy_projections():
+    atoms = _cluster()
+    rng = np.random.default_rng(3)
+    rots = quat_to_matrix(random_quaternion(rng, 60))
+    imgs = gaussian_atoms_projections(atoms, rots)
+    vol = gaussian_atoms_volume(atoms)
+    s = OrientationSearch(GAUSS_BOX, 0.03, 0.45, directions=1000, local_deg=10)
+    found = s.search(image_polar(imgs, s.grid), vol)
+    err = angle_between(found.rotations, rots)
+    assert np.median(err) < 2.0 and err.max() < 5.0, (np.median(err), err.max())
+    # white noise of the signal's variance (0 dB): still within a few degrees
+    noisy = imgs + imgs.std() * rng.standard_normal(imgs.shape)
+    err = angle_between(s.search(image_polar(noisy, s.grid), vol).rotations, rots)
+    assert np.median(err) < 4.0, np.median(err)
+    # against a different cluster the orientations are lost
+    other = gaussian_atoms_volume(_cluster(seed=9))
+    err = angle_between(s.search(image_polar(imgs, s.grid), other).rotations, rots)
+    assert np.median(err) > 20.0
+    assert s.flops > 0
+
+
+def test_shifted_images_are_matched_once_their_shifts_are_undone():
+    atoms = _cluster()
+    rng = np.random.default_rng(4)
+    rots = quat_to_matrix(random_quaternion(rng, 20))
+    imgs = gaussian_atoms_projections(atoms, rots)
+    shifts = rng.uniform(-2, 2, (20, 2))
+    f = np.fft.fftfreq(GAUSS_BOX)
+    ph = np.exp(-2j * np.pi * (shifts[:, 0, None, None] * f[None, None, :] + shifts[:, 1, None, None] * f[None, :, None]))
+    moved = np.fft.ifft2(np.fft.fft2(imgs) * ph).real
+    grid = PolarGrid.for_band(GAUSS_BOX, 0.03, 0.45)
+    a = image_polar(imgs, grid)
+    b = image_polar(moved, grid, shifts=shifts)
+    np.testing.assert_allclose(b, a, atol=1e-3 * np.abs(a).max())
