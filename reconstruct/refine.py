@@ -89,7 +89,8 @@ def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     image whose particle sits at ``+s`` comes out centred."""
     n, b = images.shape[0], images.shape[1]
     f = np.fft.fftfreq(b)
-    ph = np.exp(2j * math.pi * (shifts[:, 0, None, None] * f[None, None, :] + shifts[:, 1, None, None] * f[None, :, None]))
+    sx, sy = shifts[:, 0, None, None], shifts[:, 1, None, None]
+    ph = np.exp(2j * math.pi * (sx * f[None, None, :] + sy * f[None, :, None]))
     return np.fft.ifft2(np.fft.fft2(images) * ph).real.astype(np.float32)
 
 

@@ -188,7 +188,8 @@ def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | Non
     last = res.rounds[-1]
     summary = {
         "window": window, "store": str(store), "out": str(out), "frames": w.n, "frames_used": int(prep.finite.sum()),
-        "frames_rejected_nonfinite": bad, "box_px": int(w.frames.shape[1]), "pixel_size_A": w.pixel_size_A, "bin": prep.bin, "voxel_A": res.voxel_A,
+        "frames_rejected_nonfinite": bad, "box_px": int(w.frames.shape[1]), "pixel_size_A": w.pixel_size_A,
+        "bin": prep.bin, "voxel_A": res.voxel_A,
         "box": prep.box, "diameter_A": prep.diameter_A, "diameter_source": prep.diameter_source,
         "t_start_s": float(w.attrs["t_start_s"]), "t_end_s": float(w.attrs["t_end_s"]),
         "coverage": float(w.attrs["coverage"]), "atoms": len(res.atoms.positions_A),

@@ -66,7 +66,8 @@ def lattice_orientations(rng: np.random.Generator, n: int, diameter_A: float, la
         beam = quat_to_matrix(q)[:, 2, :]
         ok = np.zeros(len(q), dtype=bool)
         for hkl, nrm in normals.items():
-            tol = math.radians(visibility_deg) if visibility_deg > 0 else SHAPE_HALF_MAX * d_spacing(hkl, lattice_A) / diameter_A
+            tol = (math.radians(visibility_deg) if visibility_deg > 0
+                   else SHAPE_HALF_MAX * d_spacing(hkl, lattice_A) / diameter_A)
             ok |= np.abs(beam @ nrm.T).min(axis=1) < math.sin(tol)
         out.append(q[ok])
     return np.concatenate(out)[:n]
@@ -114,7 +115,8 @@ def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int =
     w = WindowWriter(store, box=box, pixel_size_A=pix)
     t = np.arange(frames) / fps
     w.open_window(name, {"particle": 0, "t_start_s": 0.0, "pixel_size_A": pix})
-    meta = {"frame": np.arange(frames), "t_s": t, "x_px": np.full(frames, box / 2.0), "y_px": np.full(frames, box / 2.0),
+    centre = np.full(frames, box / 2.0)
+    meta = {"frame": np.arange(frames), "t_s": t, "x_px": centre, "y_px": centre,
             "fft_peak": np.ones(frames)}
     for i in range(0, frames, w.chunk_frames):
         w.append(name, crops[i:i + w.chunk_frames], {k: v[i:i + w.chunk_frames] for k, v in meta.items()})

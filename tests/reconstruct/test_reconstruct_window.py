@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from ase.io import read as ase_read
 
+from btomo.kernels.crystal import fcc_cluster
 from btomo.kernels.rotation import quat_to_matrix, random_quaternion
 from btomo.reconstruct.atoms import find_atoms
 from btomo.reconstruct.config import ReconstructConfig
@@ -81,3 +82,27 @@ def test_reconstruct_command_errors_are_one_line(tmp_path, capsys):
     assert "no window store" in err and err.count("\n") == 1
     assert main(["reconstruct", str(tmp_path / "w0")]) == 2
     assert "STORE.zarr/WINDOW_ID" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_window_of_pure_noise_does_not_pass_for_the_particle(tmp_path):
+    """The reference-bias control: the initial model is an FCC lattice, and aligning noise to it
+    imprints it on the map ("Einstein from noise"). Frames of pure shot noise at the dose of the
+    test above must score far below its thresholds against the same particle."""
+    from btomo.stream.windows import WindowWriter
+
+    rng = np.random.default_rng(0)
+    lam = DOSE * 0.358 ** 2
+    frames = (rng.poisson(lam, (FRAMES, 96, 96)) / lam).astype(np.float32)
+    w = WindowWriter(tmp_path / "windows.zarr", box=96, pixel_size_A=0.358)
+    w.open_window("p0_w0000", {"particle": 0, "t_start_s": 0.0})
+    f = np.arange(FRAMES)
+    w.append("p0_w0000", frames, {"frame": f, "t_s": f / 400, "x_px": f * 0.0, "y_px": f * 0.0, "fft_peak": f * 0.0})
+    w.close_window("p0_w0000", {"t_end_s": FRAMES / 400, "coverage": 0.5, "diameter_nm": 1.6})
+    w.close()
+    assert main(["reconstruct", str(tmp_path / "windows.zarr" / "p0_w0000"), "--out", str(tmp_path / "r"),
+                 "--rounds", "3", "--directions", "600"]) == 0
+    found = ase_read(tmp_path / "r" / "atoms.xyz").positions
+    truth = fcc_cluster(1.6, "truncated_octahedron")
+    score = superpose_atoms(found, truth)
+    assert score.recall < 0.7 and score.precision < 0.7, score.as_dict()

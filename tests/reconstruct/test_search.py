@@ -66,7 +66,8 @@ def test_shifted_images_are_matched_once_their_shifts_are_undone():
     imgs = gaussian_atoms_projections(atoms, rots)
     shifts = rng.uniform(-2, 2, (20, 2))
     f = np.fft.fftfreq(GAUSS_BOX)
-    ph = np.exp(-2j * np.pi * (shifts[:, 0, None, None] * f[None, None, :] + shifts[:, 1, None, None] * f[None, :, None]))
+    sx, sy = shifts[:, 0, None, None], shifts[:, 1, None, None]
+    ph = np.exp(-2j * np.pi * (sx * f[None, None, :] + sy * f[None, :, None]))
     moved = np.fft.ifft2(np.fft.fft2(imgs) * ph).real
     grid = PolarGrid.for_band(GAUSS_BOX, 0.03, 0.45)
     a = image_polar(imgs, grid)

@@ -129,7 +129,7 @@ def test_backlog_keeps_lattice_crops_first():
 
 def test_pipeline_denoises_tracked_crops_with_the_fallback_and_says_so(recording, tmp_path, caplog):
     rec, _ = recording
-    cfg = load_config(rec / "config.toml")
+    cfg = load_config(rec / "config.toml", overrides={"jobs.enabled": False})  # no reconstruction here
     with caplog.at_level(logging.WARNING), open_source(rec) as src:
         summary = run_process(cfg, src, tmp_path / "run")
     den = summary["stage_results"]["denoise"]

@@ -91,7 +91,7 @@ def paper_dose(tmp_path_factory):
     """1200 frames (3 s) of a 2 nm particle at the paper's dose, processed."""
     root = tmp_path_factory.mktemp("frames_acc")
     cfg = load_config(overrides={"acquisition.shape": "320x320", "simulate.frames": 1200, "simulate.seed": 3,
-                                 "simulate.workers": 2})
+                                 "simulate.workers": 2, "jobs.enabled": False})  # no reconstruction here
     simulate(cfg, root / "rec")
     with open_source(root / "rec") as src:
         summary = run_process(cfg, src, root / "run")
