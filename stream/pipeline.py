@@ -181,8 +181,8 @@ def _announce(pipeline: Pipeline) -> None:
     if not pipeline.stages:
         log.warning("no stages: frames are received, checked and counted only; no frames.csv is written")
     else:
-        log.info("stages: %s (closed windows go to reconstruction jobs; the 3D reconstruction itself is "
-                 "not built yet)", ", ".join(s.name for s in pipeline.stages))
+        log.info("stages: %s (closed windows go to reconstruction jobs on Dask)",
+                 ", ".join(s.name for s in pipeline.stages))
 
 
 def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: Any = None,
