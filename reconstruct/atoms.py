@@ -2,9 +2,8 @@
 
 :func:`find_atoms`:
 
-1. **Correlate** the map with one Pt atom's potential (Kirkland, low-passed like the map): a
-   local normalised cross-correlation, so that a dim atom at the surface scores by its shape,
-   not its height.
+1. **Correlate** the map with one Pt atom's potential (Kirkland, low-passed like the map): the
+   matched filter (a locally normalised correlation peaks between atoms as well).
 2. **Peaks** of the correlation, at least ``min_separation_A`` apart (greedy, best first), inside
    the mask.
 3. **Threshold from the data**: Otsu's threshold on the peaks' correlations separates atoms from
@@ -56,29 +55,20 @@ def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
     return float(0.5 * (edges[best[0] + 1] + edges[best[-1] + 1]))
 
 
-def _correlation_map(vol: np.ndarray, template: np.ndarray, radius: float, local: bool = False) -> np.ndarray:
-    """Cross-correlation of ``vol`` with ``template`` (same box, centred) within a sphere of
-    ``radius`` voxels: normalised by the map's global variance (the matched filter), or with
-    ``local`` by its variance within the sphere at each position."""
+def _correlation_map(vol: np.ndarray, template: np.ndarray, radius: float) -> np.ndarray:
+    """Cross-correlation of ``vol`` with ``template`` (same box, centred), cut to a sphere of
+    ``radius`` voxels and made zero-mean there, normalised by the map's global variance (the
+    matched filter). Index ``s`` of the result is the map's voxel ``s``."""
     box = vol.shape[0]
     g = np.arange(box) - box // 2
     z, y, x = np.meshgrid(g, g, g, indexing="ij")
     sphere = (x * x + y * y + z * z <= radius * radius).astype(np.float64)
-    t = template * sphere
     npts = sphere.sum()
+    t = template * sphere
     t = (t - t.sum() / npts) * sphere
     t /= np.sqrt((t * t).sum())
-    # c(s) = sum_x f(x + s) k(x), k centred on index 0: c's index s is the map's voxel s
-    def corr(f, k):
-        return np.fft.irfftn(np.fft.rfftn(f) * np.conj(np.fft.rfftn(np.fft.ifftshift(k))), s=vol.shape, axes=(0, 1, 2))
-
-    num = corr(vol, t)
-    s1 = corr(vol, sphere)
-    s2 = corr(vol * vol, sphere)
-    if not local:
-        return num / np.sqrt(max(float(((vol - vol.mean()) ** 2).mean()) * npts, 1e-300))
-    var = np.maximum(s2 - s1 * s1 / npts, 1e-30)
-    return num / np.sqrt(var)
+    num = np.fft.irfftn(np.fft.rfftn(vol) * np.conj(np.fft.rfftn(np.fft.ifftshift(t))), s=vol.shape, axes=(0, 1, 2))
+    return num / np.sqrt(max(float(((vol - vol.mean()) ** 2).mean()) * npts, 1e-300))
 
 
 def _subvoxel(c: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -178,11 +178,12 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     for r in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
         q = image_polar(xp.asarray(images), search.grid, shifts=xp.asarray(shifts))
-        found = search.search(q, ref)
+        projector = Projector(ref)  # one transform of the reference per round: search and shifts
+        found = search.search(q, projector)
         t1 = time.perf_counter()
         seconds["search"] += t1 - t0
         rot = found.rotations
-        proj = Projector(ref).project(rot)
+        proj = projector.project(rot)
         shifts = find_shifts(images * mask[None], proj * mask[None], max_shift, k_max)
         t2 = time.perf_counter()
         seconds["shifts"] += t2 - t1

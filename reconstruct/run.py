@@ -86,7 +86,6 @@ def write_outputs(res: Reconstruction, out_dir: Path, *, frame_index: np.ndarray
     _atomic_write(out / "atoms.xyz", xyz)
 
     quats = res.quaternions
-    used = np.flatnonzero(res.used)
 
     def orient(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
@@ -102,7 +101,6 @@ def write_outputs(res: Reconstruction, out_dir: Path, *, frame_index: np.ndarray
                 else:
                     w.writerow([i, int(frame_index[i]), f"{t_s[i]:.6f}", "", "", "", "", "", "", "", 0])
     _atomic_write(out / "orientations.csv", orient)
-    assert len(used) == len(quats)
 
     def fsc_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:

@@ -233,8 +233,9 @@ class OrientationSearch:
         self.weights = xp.ones(len(self.grid.radii), dtype=xp.float32)
         self.flops = 0.0  # complex multiply-adds x 8 of the matrix products (benchmarks)
 
-    def search(self, images_q, volume, batch: int = 32) -> SearchResult:
-        """Best orientation of each image (harmonics from :func:`image_polar`) against ``volume``.
+    def search(self, images_q, reference, batch: int = 32) -> SearchResult:
+        """Best orientation of each image (harmonics from :func:`image_polar`) against
+        ``reference`` (a map, or its :class:`~btomo.reconstruct.projection.Projector`).
 
         The score is the cross-correlation weighted ring by ring by the inverse of the images'
         mean power in that ring (the noise-weighted correlation of a Gaussian likelihood, where
@@ -244,9 +245,8 @@ class OrientationSearch:
         signal-to-noise ratio. Two passes: the coarse directions for every image, then the fine directions near
         each image's coarse peaks (only the fine sections some image needs are computed)."""
         xp = self.xp
-        proj = Projector(xp.asarray(volume))
+        proj = reference if isinstance(reference, Projector) else Projector(xp.asarray(reference))
         white = (1.0 / xp.sqrt(xp.maximum(_ring_power(images_q, xp), 1e-30))).astype(xp.float32)
-        white_i = white
         ref_c = reference_polar(proj, self.coarse_rot, self.grid) * white[None, :, None]
         w = self.weights
         nc_c = _norms(ref_c, w, xp)
@@ -254,7 +254,7 @@ class OrientationSearch:
         n, a = images_q.shape[0], self.grid.angles
         tops = np.empty((n, self.peaks), dtype=np.int64)
         for i in range(0, n, batch):  # coarse: (M, nb, R) @ (M, R, d)
-            q = xp.asarray(images_q[i:i + batch]) * white_i[None, :, None]
+            q = xp.asarray(images_q[i:i + batch]) * white[None, :, None]
             nb = q.shape[0]
             c = xp.matmul(xp.ascontiguousarray(q.transpose(2, 0, 1)), ref_cm)  # (M, nb, d)
             self.flops += 8.0 * c.shape[0] * nb * q.shape[1] * ref_cm.shape[2]
@@ -274,7 +274,7 @@ class OrientationSearch:
         best_psi = np.empty(n)
         best_score = np.empty(n)
         for i in range(0, n, batch):
-            q = xp.asarray(images_q[i:i + batch]) * white_i[None, :, None]
+            q = xp.asarray(images_q[i:i + batch]) * white[None, :, None]
             nb = q.shape[0]
             ni = _norms(q, w, xp)
             cb = cand[i:i + nb]
