@@ -21,7 +21,8 @@ class ReconstructConfig:
     local_search_deg : float
         Half-width of the local orientation search around the best peaks, deg (SIMPLE: 10).
     shift_px : float
-        Largest shift searched, px (SIMPLE: 5).
+        Largest shift of the particle from the crop's centre searched, px of the window (SIMPLE:
+        5). The search tries a half-voxel grid within it: the trials grow as its square.
     atom_min_separation_A : float
         Smallest distance between two atoms found in a map, A (about 2.2 A).
     peaks : int
@@ -31,17 +32,31 @@ class ReconstructConfig:
         outline, uneven liquid) is left out.
     kernel_width : int
         Width of the Fourier insertion's Kaiser-Bessel kernel, grid points (2 or 3).
+    frame_fpr : float
+        False-positive rate of each round's frame significance test: a frame goes into the map
+        only if its best match scores higher than all but this fraction of phase-randomised
+        images of the same window do against the same reference. Keeps frames whose orientation
+        the data determine, and keeps noise from reproducing the reference (Einstein from
+        noise). 1 keeps every frame.
+    null_images : int
+        Phase-randomised images searched per round for that test.
+    min_frames : int
+        Fewest frames a map is made of: when fewer pass the test, the most significant ones are
+        taken (and a warning logged).
     """
 
     lowpass_A: float = 1.5
     directions: int = 2500
     rounds: int = 5
     local_search_deg: float = 10.0
-    shift_px: float = 5.0
+    shift_px: float = 3.0
     atom_min_separation_A: float = 2.2
     peaks: int = 3
     band_low_A: float = 10.0
     kernel_width: int = 3
+    frame_fpr: float = 0.05
+    null_images: int = 256
+    min_frames: int = 20
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line reason for an invalid value."""
@@ -62,6 +77,12 @@ class ReconstructConfig:
                              f"got {self.band_low_A}")
         if self.kernel_width not in (2, 3, 4):
             raise ValueError(f"reconstruct.kernel_width must be 2, 3 or 4, got {self.kernel_width}")
+        if not 0 < self.frame_fpr <= 1:
+            raise ValueError(f"reconstruct.frame_fpr must be in (0, 1], got {self.frame_fpr}")
+        if self.null_images < 20:
+            raise ValueError(f"reconstruct.null_images must be >= 20, got {self.null_images}")
+        if self.min_frames < 2:
+            raise ValueError(f"reconstruct.min_frames must be >= 2, got {self.min_frames}")
         if self.atom_min_separation_A <= 0:
             raise ValueError(
                 f"reconstruct.atom_min_separation_A must be > 0 A, got {self.atom_min_separation_A}"

@@ -76,8 +76,8 @@ def run_window_job(store: str, window: str, out_dir: str, settings: dict[str, An
     out = Path(out_dir)
     s = reconstruct_window(store, window, out, cfg)
     record: dict[str, Any] = {
-        **{k: s[k] for k in ("window", "store", "frames", "frames_used", "box_px", "pixel_size_A", "t_start_s",
-                             "t_end_s", "coverage")},
+        **{k: s[k] for k in ("window", "store", "frames", "frames_used", "frames_in_map", "box_px", "pixel_size_A",
+                             "t_start_s", "t_end_s", "coverage")},
         "reconstruction": "done", "map": str(out / "map.mrc"), "atoms": s["atoms"],
         "resolution_A": s["resolution_A"], "map_model_correlation": s["map_model_correlation"],
     }

@@ -8,11 +8,18 @@
 
    a. **orientations** by projection matching against the reference
       (:class:`~btomo.reconstruct.search.OrientationSearch`: 2500 directions, local refinement
-      within 10 deg, every in-plane angle by FFT), the images shifted by the last round's shifts;
-   b. **shifts**: each image's cross-correlation with the reference's projection in its new
-      orientation, low-passed, peak within ``shift_px`` (sub-pixel parabola);
+      within 10 deg, every in-plane angle by FFT);
+      **significance**: the same search on phase-randomised copies of the images (same power
+      spectrum, same mask, no structure) gives the null distribution of the best score; only
+      frames above its ``1 - frame_fpr`` quantile go into the map. At low dose most frames'
+      best match is noise; leaving them out sharpens the map, and a window of pure noise then
+      yields almost no frames instead of a copy of the reference;
+   b. **shifts** together with the orientations: the local pass of the search also tries every
+      shift on a half-voxel grid within ``shift_px`` of the crop's centre (the tracked centre);
+      a fixed grid, not one re-centred on the last round's shift, so that shifts cannot drift
+      with the noise from round to round;
    c. **map** by Fourier insertion (:class:`~btomo.reconstruct.insertion.FourierInserter`) of
-      the centred images, even and odd frames into two half maps, their **FSC**;
+      the selected centred images, alternate ones into two half maps, their **FSC**;
    d. **atoms** in the (masked) map (:func:`~btomo.reconstruct.atoms.find_atoms`);
    e. the atoms' simulated map is the next **reference**.
 
@@ -37,11 +44,14 @@ from .config import ReconstructConfig
 from .insertion import FourierInserter, fsc, fsc_resolution
 from .preprocess import Prepared, soft_disc
 from .projection import Projector
-from .search import OrientationSearch, angle_between, image_polar
+from .search import OrientationSearch, _to_harmonics, angle_between, image_polar_samples, shift_trials
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RoundLog", "Reconstruction", "shift_images", "find_shifts", "initial_model", "reconstruct_images"]
+SHIFT_STEP_PX = 0.5  # the shift trials' spacing, voxels: at most a quarter voxel off
+
+__all__ = ["RoundLog", "Reconstruction", "shift_images", "initial_model", "phase_randomised",
+           "select_significant", "reconstruct_images"]
 
 
 @dataclass
@@ -52,6 +62,8 @@ class RoundLog:
     median_change_deg: float
     mean_score: float
     median_shift_px: float
+    frames_in_map: int
+    significance_threshold: float
     atoms: int
     atoms_kept: int
     atom_rms_change_A: float
@@ -70,7 +82,8 @@ class Reconstruction:
     rotations: np.ndarray  # (n, 3, 3) particle -> lab, of the frames used
     shifts_A: np.ndarray  # (n, 2) x, y of the particle in its crop, A
     scores: np.ndarray  # (n,)
-    used: np.ndarray  # (n_frames,) bool: frames reconstructed (finite)
+    in_map: np.ndarray  # (n,) bool: passed the last round's significance test, inserted
+    used: np.ndarray  # (n_frames,) bool: frames oriented (finite crops), the n above
     atoms: AtomResult
     fsc_freq_per_A: np.ndarray
     fsc: np.ndarray
@@ -94,34 +107,29 @@ def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return np.fft.ifft2(np.fft.fft2(images) * ph).real.astype(np.float32)
 
 
-def find_shifts(images: np.ndarray, projections: np.ndarray, max_shift_px: float, k_max: float) -> np.ndarray:
-    """Where each image's particle sits relative to its projection: the peak of their
-    cross-correlation (low-passed at ``k_max`` cycles/px) within ``max_shift_px``, to sub-pixel
-    accuracy. Returns ``(n, 2)`` x, y in px."""
-    n, b = images.shape[0], images.shape[1]
-    f = np.fft.fftfreq(b)
-    lp = ((f[None, :] ** 2 + f[:, None] ** 2) <= k_max ** 2).astype(np.float32)
-    c = np.fft.ifft2(np.fft.fft2(images) * np.conj(np.fft.fft2(projections)) * lp).real
-    c = np.fft.fftshift(c, axes=(1, 2))
-    y, x = np.indices((b, b)) - b // 2
-    outside = (x * x + y * y) > max_shift_px ** 2
-    c[:, outside] = -np.inf
-    flat = np.argmax(c.reshape(n, -1), axis=1)
-    iy, ix = flat // b, flat % b
-    out = np.zeros((n, 2))
-    rows = np.arange(n)
-    for axis in (0, 1):  # 0: x (columns), 1: y (rows)
-        if axis == 0:
-            cm, c0, cp = c[rows, iy, (ix - 1) % b], c[rows, iy, ix], c[rows, iy, (ix + 1) % b]
-        else:
-            cm, c0, cp = c[rows, (iy - 1) % b, ix], c[rows, iy, ix], c[rows, (iy + 1) % b, ix]
-        ok = np.isfinite(cm) & np.isfinite(cp)
-        den = np.where(ok, cm - 2 * c0 + cp, 0.0)
-        frac = np.where(den < 0, 0.5 * (cm - cp) / np.where(den < 0, den, -1.0), 0.0)
-        out[:, axis] = np.clip(frac, -0.5, 0.5)
-    out[:, 0] += ix - b // 2
-    out[:, 1] += iy - b // 2
-    return out
+def phase_randomised(images: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Copies of ``images`` ``(n, b, b)`` with their Fourier amplitudes kept and their phases
+    replaced by those of white noise, then ``mask`` applied as to the images: the same spectrum
+    (lattice rings included) with no structure to match."""
+    phase = np.angle(np.fft.fft2(rng.standard_normal(images.shape)))
+    out = np.fft.ifft2(np.abs(np.fft.fft2(images)) * np.exp(1j * phase)).real
+    return (out * mask[None]).astype(np.float32)
+
+
+def select_significant(scores: np.ndarray, null: np.ndarray, fpr: float,
+                       min_frames: int) -> tuple[np.ndarray, float]:
+    """Frames whose ``scores`` exceed the ``1 - fpr`` quantile of the ``null``
+    images' scores (all when ``fpr`` is 1), at least the ``min_frames`` best. Returns the mask
+    and the threshold."""
+    thr = float(np.quantile(null, 1.0 - fpr)) if fpr < 1 else -math.inf
+    keep = scores > thr
+    want = min(min_frames, len(scores))
+    if keep.sum() < want:
+        log.warning("only %d of %d frames have a significant orientation (FPR %.3g): the map is made of the %d most "
+                    "significant, and is not supported by the data", int(keep.sum()), len(keep), fpr, want)
+        keep = np.zeros(len(scores), dtype=bool)
+        keep[np.argsort(-scores)[:want]] = True
+    return keep, thr
 
 
 def initial_model(diameter_A: float, box: int, voxel_A: float, lowpass_A: float) -> np.ndarray:
@@ -169,29 +177,34 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     ref = initial_model(prep.diameter_A, box, voxel, cfg.lowpass_A)
     mask = soft_disc(box, min(prep.mask_radius_px, box / 2 - 2), edge=max(2.0, 0.1 * box))
     ball = _ball(box, min(prep.mask_radius_px, box / 2 - 2), max(2.0, 0.1 * box))
-    shifts = np.zeros((n, 2))
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(n, size=min(n, cfg.null_images), replace=False))
+    trials = shift_trials(SHIFT_STEP_PX, max(1, math.ceil(max_shift / SHIFT_STEP_PX - 1e-9)))
+    trials = trials[np.hypot(trials[:, 0], trials[:, 1]) <= max(max_shift, SHIFT_STEP_PX) + 1e-9]
+    null_p = image_polar_samples(xp.asarray(phase_randomised(images[pick], mask, rng)), search.grid)
+    null_q = _to_harmonics(null_p, search.grid, xp)
     rot_prev = None
     atoms_prev = np.zeros((0, 3))
     rounds: list[RoundLog] = []
-    seconds = {"search": 0.0, "shifts": 0.0, "insertion": 0.0, "atoms": 0.0}
+    seconds = {"search": 0.0, "insertion": 0.0, "atoms": 0.0}
     result = None
     for r in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
-        q = image_polar(xp.asarray(images), search.grid, shifts=xp.asarray(shifts))
-        projector = Projector(ref)  # one transform of the reference per round: search and shifts
-        found = search.search(q, projector)
-        t1 = time.perf_counter()
-        seconds["search"] += t1 - t0
+        p = image_polar_samples(xp.asarray(images), search.grid)
+        projector = Projector(ref)
+        found = search.search(_to_harmonics(p, search.grid, xp), projector, samples=p, trials=trials)
+        null = search.search(null_q, projector, samples=null_p, trials=trials)
+        keep, thr = select_significant(found.score, null.score, cfg.frame_fpr, cfg.min_frames)
         rot = found.rotations
-        proj = projector.project(rot)
-        shifts = find_shifts(images * mask[None], proj * mask[None], max_shift, k_max)
+        shifts = found.shift
         t2 = time.perf_counter()
-        seconds["shifts"] += t2 - t1
-        centred = shift_images(images, shifts)
+        seconds["search"] += t2 - t0
+        chosen = np.flatnonzero(keep)
+        centred = shift_images(images[chosen], shifts[chosen])
         halves = []
         for parity in (0, 1):
             ins = FourierInserter(box, max_frequency=k_max, kernel_width=cfg.kernel_width)
-            ins.insert(centred[parity::2], rot[parity::2])
+            ins.insert(centred[parity::2], rot[chosen[parity::2]])
             halves.append(ins)
         whole = halves[0].merged(halves[1])
         vol = whole.reconstruct() * ball
@@ -206,16 +219,17 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         change = _median_change(rot, rot_prev)
         kept, rms = _match_count(atoms.positions_A, atoms_prev)
         entry = RoundLog(r, change, float(np.mean(found.score)), float(np.median(np.hypot(*shifts.T))),
-                         len(atoms.positions_A), kept, rms, res_A, atoms.model_correlation, time.perf_counter() - t0)
+                         len(chosen), thr, len(atoms.positions_A), kept, rms, res_A, atoms.model_correlation,
+                         time.perf_counter() - t0)
         rounds.append(entry)
-        log.info("round %d: orientations changed %.2f deg (median), score %.4f, shift %.2f px, %d atoms (%d kept, "
-                 "%.2f A RMS), FSC 0.143 at %.2f A, map-model %.3f, %.1f s", r, entry.median_change_deg,
-                 entry.mean_score, entry.median_shift_px, entry.atoms, kept, rms, res_A, atoms.model_correlation,
-                 entry.seconds)
+        log.info("round %d: orientations changed %.2f deg (median), score %.4f, shift %.2f px, %d of %d frames "
+                 "significant (> %.2f), %d atoms (%d kept, %.2f A RMS), FSC 0.143 at %.2f A, map-model %.3f, %.1f s",
+                 r, entry.median_change_deg, entry.mean_score, entry.median_shift_px, len(chosen), n, thr,
+                 entry.atoms, kept, rms, res_A, atoms.model_correlation, entry.seconds)
         if on_round is not None:
             on_round(entry)
-        result = Reconstruction(vol, (h1, h2), voxel, rot, shifts * voxel, found.score, prep.finite.copy(), atoms,
-                                freq / voxel, curve, res_A)
+        result = Reconstruction(vol, (h1, h2), voxel, rot, shifts * voxel, found.score, keep,
+                                prep.finite.copy(), atoms, freq / voxel, curve, res_A)
         rot_prev, atoms_prev = rot, atoms.positions_A
         if len(atoms.positions_A) == 0:
             log.warning("round %d found no atoms: the map is kept as the next reference", r)

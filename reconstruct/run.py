@@ -6,11 +6,12 @@ and writes into ``out_dir`` (``../shared/contracts.md``, ``recon/<window>/``):
 
 ================== ==========================================================================
 ``map.mrc``        the map (float32, ``[z, y, x]``), voxel size in the header
-``half_1.mrc``,    the even- and odd-frame half maps
+``half_1.mrc``,    the half maps (alternate frames of those in the map)
 ``half_2.mrc``
 ``atoms.xyz``      the atoms, ``Pt x y z`` in A about the box centre (readable by ASE)
 ``orientations.csv`` per frame: index, acquisition frame, time, quaternion (particle -> lab),
-                   the particle's shift in its crop (A), the match score, used (0/1)
+                   the particle's shift in its crop (A), the match score, oriented (0/1: a
+                   finite crop), in_map (0/1: passed the last round's significance test)
 ``fsc.csv``        the half maps' Fourier shell correlation per shell (1/A, A, FSC)
 ``rounds.csv``     the convergence per round
 ``report.png``     central slices of the map with the atoms, and the FSC curve
@@ -90,16 +91,18 @@ def write_outputs(res: Reconstruction, out_dir: Path, *, frame_index: np.ndarray
     def orient(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["index", "frame", "t_s", "qw", "qx", "qy", "qz", "shift_x_A", "shift_y_A", "score", "used"])
+            w.writerow(["index", "frame", "t_s", "qw", "qx", "qy", "qz", "shift_x_A", "shift_y_A", "score",
+                        "oriented", "in_map"])
             k = 0
             for i in range(len(res.used)):
                 if res.used[i]:
                     q, s = quats[k], res.shifts_A[k]
                     w.writerow([i, int(frame_index[i]), f"{t_s[i]:.6f}", *(f"{v:.7f}" for v in q),
-                                f"{s[0]:.3f}", f"{s[1]:.3f}", f"{res.scores[k]:.5f}", 1])
+                                f"{s[0]:.3f}", f"{s[1]:.3f}", f"{res.scores[k]:.5f}", 1,
+                                int(res.in_map[k])])
                     k += 1
                 else:
-                    w.writerow([i, int(frame_index[i]), f"{t_s[i]:.6f}", "", "", "", "", "", "", "", 0])
+                    w.writerow([i, int(frame_index[i]), f"{t_s[i]:.6f}", "", "", "", "", "", "", "", 0, 0])
     _atomic_write(out / "orientations.csv", orient)
 
     def fsc_csv(tmp: Path) -> None:
@@ -186,6 +189,7 @@ def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | Non
     last = res.rounds[-1]
     summary = {
         "window": window, "store": str(store), "out": str(out), "frames": w.n, "frames_used": int(prep.finite.sum()),
+        "frames_in_map": int(res.in_map.sum()),
         "frames_rejected_nonfinite": bad, "box_px": int(w.frames.shape[1]), "pixel_size_A": w.pixel_size_A,
         "bin": prep.bin, "voxel_A": res.voxel_A,
         "box": prep.box, "diameter_A": prep.diameter_A, "diameter_source": prep.diameter_source,

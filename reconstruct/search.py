@@ -37,8 +37,8 @@ from btomo.kernels.xp import array_namespace, to_numpy
 
 from .projection import Projector
 
-__all__ = ["PolarGrid", "direction_rotations", "rot_z", "image_polar", "reference_polar", "SearchResult",
-           "OrientationSearch", "angle_between"]
+__all__ = ["PolarGrid", "direction_rotations", "rot_z", "image_polar", "image_polar_samples", "shift_trials",
+           "reference_polar", "SearchResult", "OrientationSearch", "angle_between"]
 
 
 def rot_z(psi):
@@ -117,11 +117,18 @@ def _to_harmonics(p, grid: PolarGrid, xp):
 
 
 def image_polar(images, grid: PolarGrid, shifts=None, batch: int = 64):
-    """Angular harmonics ``(n, R, A/2+1)`` of images ``(n, box, box)`` (origin at ``box // 2``).
+    """Angular harmonics ``(n, R, A/2+1)`` of images ``(n, box, box)`` (origin at ``box // 2``);
+    :func:`image_polar_samples` then the Fourier transform along the angle."""
+    xp = array_namespace(images)
+    return _to_harmonics(image_polar_samples(images, grid, shifts, batch), grid, xp)
+
+
+def image_polar_samples(images, grid: PolarGrid, shifts=None, batch: int = 64):
+    """Images' 2D transforms ``(n, R A/2)`` on the polar points (:attr:`PolarGrid.points`).
 
     The transform is exact on the polar points: ``F(k) = sum_x img(x) exp(-2 pi i k.x)`` as two
     matrix products (over columns, then over rows). ``shifts`` ``(n, 2)`` (x, y, voxels) are
-    undone first: an image whose particle sits at ``+s`` is compared as if centred.
+    undone: an image whose particle sits at ``+s`` is compared as if centred.
     """
     xp = array_namespace(images)
     n, b = images.shape[0], grid.box
@@ -131,17 +138,30 @@ def image_polar(images, grid: PolarGrid, shifts=None, batch: int = 64):
     x = xp.arange(b, dtype=xp.float64) - b // 2
     ex = xp.exp(-2j * math.pi * x[:, None] * pts[None, :, 0]).astype(xp.complex64)  # (box_x, RA)
     ey = xp.exp(-2j * math.pi * x[:, None] * pts[None, :, 1]).astype(xp.complex64)  # (box_y, RA)
-    out = xp.empty((n, len(grid.radii), grid.harmonics), dtype=xp.complex64)
+    out = xp.empty((n, pts.shape[0]), dtype=xp.complex64)
     for i in range(0, n, batch):
         im = xp.asarray(images[i:i + batch], dtype=xp.float32).astype(xp.complex64)
         t = im @ ex  # (nb, box_y, RA): sum over columns
         p = (t * ey[None]).sum(axis=1)  # sum over rows
         if shifts is not None:
-            s = xp.asarray(shifts[i:i + batch], dtype=xp.float64)
-            ph = xp.exp(2j * math.pi * (s[:, 0:1] * pts[None, :, 0] + s[:, 1:2] * pts[None, :, 1]))
-            p = p * ph.astype(xp.complex64)
-        out[i:i + batch] = _to_harmonics(p, grid, xp)
+            p = p * _shift_phase(xp.asarray(shifts[i:i + batch], dtype=xp.float64), pts, xp)
+        out[i:i + batch] = p
     return out
+
+
+def _shift_phase(shifts, pts, xp):
+    """``exp(2 pi i k.s)`` ``(n, RA)`` complex64: multiplies the samples of an image whose
+    particle sits at ``+s`` (x, y, voxels) into those of the centred one."""
+    return xp.exp(2j * math.pi * (shifts[:, 0:1] * pts[None, :, 0] + shifts[:, 1:2] * pts[None, :, 1])).astype(
+        xp.complex64)
+
+
+def shift_trials(step: float, reach: int) -> np.ndarray:
+    """The ``(2 reach + 1)^2`` trial shifts ``(T, 2)`` (x, y, voxels) of a square grid of
+    ``step`` about zero, zero first."""
+    g = step * np.arange(-reach, reach + 1)
+    t = np.stack(np.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
+    return t[np.argsort(np.hypot(t[:, 0], t[:, 1]), kind="stable")]
 
 
 def reference_polar(projector: Projector, rotations, grid: PolarGrid, batch: int = 256):
@@ -185,12 +205,16 @@ class SearchResult:
         In-plane angle, rad.
     score : (n,)
         Normalised cross-correlation of the best match.
+    shift : (n, 2)
+        The trial shift (x, y, voxels) of the best match, on top of the shifts the images were
+        given (zero without trials).
     """
 
     rotations: np.ndarray
     direction: np.ndarray
     psi_rad: np.ndarray
     score: np.ndarray
+    shift: np.ndarray
 
 
 class OrientationSearch:
@@ -233,9 +257,14 @@ class OrientationSearch:
         self.weights = xp.ones(len(self.grid.radii), dtype=xp.float32)
         self.flops = 0.0  # complex multiply-adds x 8 of the matrix products (benchmarks)
 
-    def search(self, images_q, reference, batch: int = 32) -> SearchResult:
+    def search(self, images_q, reference, batch: int = 32, *, samples=None, trials=None) -> SearchResult:
         """Best orientation of each image (harmonics from :func:`image_polar`) against
         ``reference`` (a map, or its :class:`~btomo.reconstruct.projection.Projector`).
+
+        With ``samples`` (the same images' :func:`image_polar_samples`) and ``trials`` ``(T, 2)``
+        (voxels, from :func:`shift_trials`), the local pass also tries every trial shift of each
+        image, so that orientation and shift are found together: at the lattice's periods a
+        third of an angstrom off centre costs more correlation than a few degrees off.
 
         The score is the cross-correlation weighted ring by ring by the inverse of the images'
         mean power in that ring (the noise-weighted correlation of a Gaussian likelihood, where
@@ -273,29 +302,41 @@ class OrientationSearch:
         best_dir = np.empty(n, dtype=np.int64)
         best_psi = np.empty(n)
         best_score = np.empty(n)
+        best_trial = np.zeros(n, dtype=np.int64)
+        pts = xp.asarray(self.grid.points)
+        phase = None if trials is None else _shift_phase(xp.asarray(trials, dtype=xp.float64), pts, xp)  # (T, RA)
         for i in range(0, n, batch):
             q = xp.asarray(images_q[i:i + batch]) * white[None, :, None]
             nb = q.shape[0]
             ni = _norms(q, w, xp)
+            if phase is None:
+                qt = q[:, None]  # (nb, 1, R, M)
+            else:  # the particle at +t more than given: its samples times exp(2 pi i k.t)
+                p = xp.asarray(samples[i:i + nb])[:, None, :] * phase[None]  # (nb, T, RA)
+                qt = _to_harmonics(p.reshape(-1, p.shape[2]), self.grid, xp).reshape(nb, phase.shape[0], *q.shape[1:])
+                qt = qt * white[None, None, :, None]
             cb = cand[i:i + nb]
             cx = xp.asarray(slot[cb])
-            # (nb, M, 1, R) @ (nb, M, R, C): a batched product per image and harmonic
+            # (nb, M, T, R) @ (nb, M, R, C): a batched product per image and harmonic
             refs = ref_f[cx].transpose(0, 3, 2, 1)  # (nb, M, R, C)
-            c2 = xp.matmul(q.transpose(0, 2, 1)[:, :, None, :], refs)[:, :, 0, :]  # (nb, M, C)
+            c2 = xp.matmul(xp.ascontiguousarray(qt.transpose(0, 3, 1, 2)), refs)  # (nb, M, T, C)
             self.flops += 8.0 * c2.size * q.shape[1]
-            cc2 = xp.fft.irfft(c2.transpose(0, 2, 1), n=a, axis=2) * a  # (nb, C, A)
-            cc2 = cc2 / (ni[:, None, None] * nc_f[cx][:, :, None])
+            cc2 = xp.fft.irfft(c2.transpose(0, 2, 3, 1), n=a, axis=3) * a  # (nb, T, C, A)
+            cc2 = cc2 / (ni[:, None, None, None] * nc_f[cx][:, None, :, None])
             flat = xp.argmax(cc2.reshape(nb, -1), axis=1)
-            ci, k = flat // a, flat % a
+            ti, rest = flat // (cc2.shape[2] * a), flat % (cc2.shape[2] * a)
+            ci, k = rest // a, rest % a
             rows = xp.arange(nb)
-            s0 = cc2[rows, ci, k]
-            sm = cc2[rows, ci, (k - 1) % a]
-            sp = cc2[rows, ci, (k + 1) % a]
+            s0 = cc2[rows, ti, ci, k]
+            sm = cc2[rows, ti, ci, (k - 1) % a]
+            sp = cc2[rows, ti, ci, (k + 1) % a]
             den = sm - 2 * s0 + sp
             frac = xp.where(den < 0, 0.5 * (sm - sp) / xp.where(den < 0, den, -1.0), 0.0)
             frac = xp.clip(frac, -0.5, 0.5)
             best_dir[i:i + nb] = cb[np.arange(nb), to_numpy(ci)]
             best_psi[i:i + nb] = to_numpy((k + frac) * (2 * math.pi / a))
             best_score[i:i + nb] = to_numpy(s0)
+            best_trial[i:i + nb] = to_numpy(ti)
         rot = rot_z(best_psi) @ self.fine_rot[best_dir]
-        return SearchResult(rot, best_dir, best_psi, best_score)
+        shift = np.zeros((n, 2)) if trials is None else np.asarray(trials, dtype=np.float64)[best_trial]
+        return SearchResult(rot, best_dir, best_psi, best_score, shift)

@@ -529,14 +529,16 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title=f"btomo reconstruct {window}")
-    for col in ("round", "orientation change", "score", "atoms", "kept", "FSC 0.143", "map-model", "s"):
+    for col in ("round", "orientation change", "score", "frames in map", "atoms", "kept", "FSC 0.143", "map-model",
+                "s"):
         table.add_column(col, justify="right")
     for r in s["rounds"]:
-        table.add_row(str(r["round"]), f"{r['median_change_deg']:.2f} deg", f"{r['mean_score']:.4f}", str(r["atoms"]),
+        table.add_row(str(r["round"]), f"{r['median_change_deg']:.2f} deg", f"{r['mean_score']:.4f}",
+                      str(r["frames_in_map"]), str(r["atoms"]),
                       str(r["atoms_kept"]), f"{r['fsc_resolution_A']:.2f} A", f"{r['model_correlation']:.3f}",
                       f"{r['seconds']:.1f}")
     Console().print(table)
-    print(f"{s['frames_used']} of {s['frames']} frames, box {s['box']} at {s['voxel_A']:.3f} A, diameter "
+    print(f"{s['frames_in_map']} of {s['frames']} frames in the map, box {s['box']} at {s['voxel_A']:.3f} A, diameter "
           f"{s['diameter_A']:.1f} A ({s['diameter_source']}); {s['atoms']} atoms; wrote {s['out']}")
     return 0
 

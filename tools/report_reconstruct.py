@@ -32,15 +32,17 @@ def evaluate(out: Path, recon: Path) -> dict:
     rows = list(csv.DictReader(open(out / "truth" / "frames.csv")))
     qt = np.array([[float(r[k]) for k in ("qw", "qx", "qy", "qz")] for r in rows])
     found = read(recon / "atoms.xyz").positions if (recon / "atoms.xyz").stat().st_size > 4 else np.zeros((0, 3))
-    orows = [r for r in csv.DictReader(open(recon / "orientations.csv")) if r["used"] == "1"]
+    orows = [r for r in csv.DictReader(open(recon / "orientations.csv")) if r["oriented"] == "1"]
     qr = np.array([[float(r[k]) for k in ("qw", "qx", "qy", "qz")] for r in orows])
     idx = np.array([int(r["index"]) for r in orows])
+    in_map = np.array([r["in_map"] == "1" for r in orows])
     err, _, inverted = orientation_errors(quat_to_matrix(qr), quat_to_matrix(qt[idx]),
                                          centrosymmetric=is_centrosymmetric(truth))
     score = superpose_atoms(found, truth)
     summary = json.loads((recon / "reconstruction.json").read_text())
     return {**score.as_dict(), "orientation_median_deg": float(np.median(err)),
             "orientation_p90_deg": float(np.percentile(err, 90)), "orientations_inverted": inverted,
+            "in_map": int(in_map.sum()), "orientation_median_in_map_deg": float(np.median(err[in_map])),
             "resolution_A": summary["resolution_A"], "frames": summary["frames_used"],
             "seconds": summary["seconds"]}
 

@@ -46,12 +46,15 @@ def test_reconstruct_command_recovers_the_atoms_of_a_simulated_window(window, tm
             assert m.data.shape == shape
     found = ase_read(out / "atoms.xyz").positions
     rows = list(csv.DictReader(open(out / "orientations.csv")))
-    assert len(rows) == FRAMES and all(r["used"] == "1" for r in rows)
+    assert len(rows) == FRAMES and all(r["oriented"] == "1" for r in rows)
     assert [int(r["frame"]) for r in rows] == list(range(FRAMES))
     fsc_rows = list(csv.DictReader(open(out / "fsc.csv")))
     assert float(fsc_rows[1]["fsc"]) > 0.9
     summary = json.loads((out / "reconstruction.json").read_text())
     assert summary["frames_used"] == FRAMES and len(summary["rounds"]) == 3
+    # at this dose most frames pass the significance test
+    assert summary["frames_in_map"] >= 0.4 * FRAMES, summary["frames_in_map"]
+    assert sum(r["in_map"] == "1" for r in rows) == summary["frames_in_map"]
     assert (out / "report.png").stat().st_size > 10_000 and (out / "reconstruct.toml").exists()
     # against the truth, after superposition (rotation, translation, inversion)
     score = superpose_atoms(found, window.atoms_A)
@@ -87,8 +90,9 @@ def test_reconstruct_command_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_window_of_pure_noise_does_not_pass_for_the_particle(tmp_path):
     """The reference-bias control: the initial model is an FCC lattice, and aligning noise to it
-    imprints it on the map ("Einstein from noise"). Frames of pure shot noise at the dose of the
-    test above must score far below its thresholds against the same particle."""
+    imprints it on the map ("Einstein from noise"). The frame significance test must leave out
+    nearly all frames of pure shot noise, and what is left must score far below the thresholds
+    of the test above against the same particle."""
     from btomo.stream.windows import WindowWriter
 
     rng = np.random.default_rng(0)
@@ -102,7 +106,9 @@ def test_a_window_of_pure_noise_does_not_pass_for_the_particle(tmp_path):
     w.close()
     assert main(["reconstruct", str(tmp_path / "windows.zarr" / "p0_w0000"), "--out", str(tmp_path / "r"),
                  "--rounds", "3", "--directions", "600"]) == 0
+    summary = json.loads((tmp_path / "r" / "reconstruction.json").read_text())
+    assert all(r["frames_in_map"] <= 0.2 * FRAMES for r in summary["rounds"]), summary["rounds"]
     found = ase_read(tmp_path / "r" / "atoms.xyz").positions
     truth = fcc_cluster(1.6, "truncated_octahedron")
     score = superpose_atoms(found, truth)
-    assert score.recall < 0.7 and score.precision < 0.7, score.as_dict()
+    assert score.recall < 0.6 and score.precision < 0.6, score.as_dict()

@@ -1,11 +1,13 @@
 """The orientation search: polar transforms agree with central sections, and projection matching
 finds the orientations of exact projections of an asymmetric cluster (and not of a wrong model)."""
 import numpy as np
+import pytest
 
 from btomo.kernels.rotation import quat_to_matrix, random_quaternion
 from btomo.reconstruct.projection import Projector
+from btomo.reconstruct.refine import phase_randomised, select_significant
 from btomo.reconstruct.search import (OrientationSearch, PolarGrid, angle_between, direction_rotations,
-                                      image_polar, reference_polar, rot_z)
+                                      image_polar, image_polar_samples, reference_polar, rot_z, shift_trials)
 from helpers import GAUSS_BOX, gaussian_atoms, gaussian_atoms_projections, gaussian_atoms_volume
 
 
@@ -73,3 +75,53 @@ def test_shifted_images_are_matched_once_their_shifts_are_undone():
     a = image_polar(imgs, grid)
     b = image_polar(moved, grid, shifts=shifts)
     np.testing.assert_allclose(b, a, atol=1e-3 * np.abs(a).max())
+
+
+def test_the_search_finds_shifts_and_orientations_together():
+    """Images moved by whole and half voxels off centre: the trial grid finds each shift (to the
+    half-voxel trial), and the orientations are as good as those of centred images."""
+    atoms = _cluster()
+    rng = np.random.default_rng(5)
+    rots = quat_to_matrix(random_quaternion(rng, 30))
+    imgs = gaussian_atoms_projections(atoms, rots)
+    trials = shift_trials(0.5, 2)
+    assert len(trials) == 25 and np.array_equal(trials[0], [0.0, 0.0])
+    shifts = trials[rng.integers(0, 25, 30)]
+    f = np.fft.fftfreq(GAUSS_BOX)
+    sx, sy = shifts[:, 0, None, None], shifts[:, 1, None, None]
+    ph = np.exp(-2j * np.pi * (sx * f[None, None, :] + sy * f[None, :, None]))
+    moved = np.fft.ifft2(np.fft.fft2(imgs) * ph).real
+    s = OrientationSearch(GAUSS_BOX, 0.03, 0.45, directions=1000, local_deg=10)
+    vol = gaussian_atoms_volume(atoms)
+    found = s.search(image_polar(moved, s.grid), vol, samples=image_polar_samples(moved, s.grid), trials=trials)
+    assert np.mean(np.all(found.shift == shifts, axis=1)) >= 0.9, np.c_[found.shift, shifts]
+    err = angle_between(found.rotations, rots)
+    assert np.median(err) < 2.0 and np.mean(err < 5.0) >= 0.9, err
+    # without the trials the moved images lose their orientations
+    assert np.median(angle_between(s.search(image_polar(moved, s.grid), vol).rotations, rots)) > 2 * np.median(err)
+
+
+def test_phase_randomised_images_keep_the_spectrum_and_lose_the_structure():
+    """The null of the significance test: the images' Fourier amplitudes, and no match with the
+    map they are projections of."""
+    atoms = _cluster()
+    imgs = gaussian_atoms_projections(atoms, quat_to_matrix(random_quaternion(np.random.default_rng(6), 20)))
+    null = phase_randomised(imgs, np.ones(imgs.shape[1:]), np.random.default_rng(0))
+    np.testing.assert_allclose(np.abs(np.fft.fft2(null)), np.abs(np.fft.fft2(imgs)), rtol=1e-3,
+                               atol=1e-4 * np.abs(np.fft.fft2(imgs)).max())
+    s = OrientationSearch(GAUSS_BOX, 0.03, 0.45, directions=300, local_deg=10)
+    vol = gaussian_atoms_volume(atoms)
+    real, fake = s.search(image_polar(imgs, s.grid), vol).score, s.search(image_polar(null, s.grid), vol).score
+    assert real.min() > 0.9 and fake.max() < 0.5, (real.min(), fake.max())
+
+
+def test_frames_pass_the_significance_test_by_the_null_quantile():
+    null = np.linspace(0.0, 1.0, 101)  # 95th percentile 0.95
+    keep, thr = select_significant(np.array([0.5, 0.96, 0.99, 0.2]), null, 0.05, 2)
+    assert thr == pytest.approx(0.95) and keep.tolist() == [False, True, True, False]
+    # fewer than min_frames pass: the best ones are taken
+    keep, _ = select_significant(np.array([0.5, 0.96, 0.3, 0.2]), null, 0.05, 2)
+    assert keep.tolist() == [True, True, False, False]
+    # fpr 1 keeps every frame
+    keep, thr = select_significant(np.array([0.1, 0.2]), null, 1.0, 2)
+    assert keep.all() and thr == -np.inf
