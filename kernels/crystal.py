@@ -51,7 +51,8 @@ def equivalent_diameter_A(n_atoms: int, a: float = PT_LATTICE_A) -> float:
     return (6.0 * n_atoms * FCC_VOLUME_PER_ATOM(a) / math.pi) ** (1.0 / 3.0)
 
 
-def fcc_cluster(diameter_nm: float, shape: str = "sphere", a: float = PT_LATTICE_A) -> np.ndarray:
+def fcc_cluster(diameter_nm: float, shape: str = "sphere", a: float = PT_LATTICE_A, *, seed: int = 0,
+                irregularity: float = 0.3) -> np.ndarray:
     """Cut an FCC cluster of the given size from the lattice, centred on the origin.
 
     Parameters
@@ -103,11 +104,51 @@ def fcc_cluster(diameter_nm: float, shape: str = "sphere", a: float = PT_LATTICE
             raise ValueError(f"a {diameter_nm} nm truncated octahedron holds no atom")
         _, c1, c2 = best
         pts = cloud[(l1 <= c1 + 1e-6) & (linf <= c2 + 1e-6)]
+    elif shape == "irregular":
+        # draw again (deterministically) while the cut has a symmetry of the cube: on so coarse a
+        # lattice, two facets may land on mirror-image planes
+        for attempt in range(64):
+            pts = _irregular(target, radius, a, seed, irregularity, attempt)
+            if not _has_cubic_symmetry(pts):
+                break
     else:
-        raise ValueError(f"expected shape 'sphere' or 'truncated_octahedron', got {shape!r}")
+        raise ValueError(f"expected shape 'sphere', 'truncated_octahedron' or 'irregular', got {shape!r}")
     if len(pts) == 0:
         raise ValueError(f"a {diameter_nm} nm {shape} holds no atom")
     return pts - pts.mean(axis=0)
+
+
+def _has_cubic_symmetry(pts: np.ndarray, tol_A: float = 0.1) -> bool:
+    """Whether a signed axis permutation other than the identity maps the points (about their
+    centroid) onto themselves."""
+    c = pts - pts.mean(axis=0)
+    tree = cKDTree(c)
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            if perm == (0, 1, 2) and signs == (1.0, 1.0, 1.0):
+                continue
+            d, _ = tree.query(c[:, list(perm)] * np.array(signs))
+            if np.all(d < tol_A):
+                return True
+    return False
+
+
+def _irregular(target: float, radius: float, a: float, seed: int, irregularity: float, attempt: int = 0) -> np.ndarray:
+    """Lattice sites inside 14 {111}/{100} half-spaces at random distances, scaled to ``target`` atoms."""
+    if not 0.0 <= irregularity < 1.0:
+        raise ValueError(f"expected irregularity in [0, 1), got {irregularity}")
+    rng = np.random.default_rng([seed, 14, attempt])
+    half = np.concatenate([_family((1, 1, 1)), _family((1, 0, 0))])  # unit vectors, up to sign
+    normals = np.concatenate([half, -half])
+    # regular truncated octahedron: {111} at 3s/sqrt(3), {100} at 2s; varied facet by facet
+    base = np.where(np.isclose(np.abs(normals).sum(axis=1), math.sqrt(3.0)), math.sqrt(3.0), 2.0)
+    dist = base * (1.0 + irregularity * rng.uniform(-1.0, 1.0, len(normals)))
+    centre = rng.uniform(0.0, a, 3)  # off the lattice: no site sits at a symmetry centre
+    cloud = fcc_points(4.0 * radius, a) - centre
+    reach = (cloud @ normals.T / dist).max(axis=1)  # inside for scale s when reach <= s
+    order = np.sort(reach)
+    n = int(np.clip(round(target), 1, len(order)))
+    return cloud[reach <= order[n - 1] + 1e-9] + centre
 
 
 def coordination_numbers(positions: np.ndarray, cutoff_A: float = PT_NEIGHBOUR_CUTOFF_A) -> np.ndarray:

@@ -7,7 +7,8 @@ translation and an inversion:
 * :func:`superpose_atoms` tries the 48 signed permutations of the axes (the initial model is an
   axis-aligned FCC lattice like the simulator's, so the two frames differ by one of them, up to
   small errors), and any extra starting rotations given; each start is polished by iterative
-  closest points (Kabsch on pairs within 1.5 A) and the start that matches most atoms wins.
+  closest points (Kabsch on pairs within 1.5 A) and the start that matches most atoms wins
+  (:func:`btomo.kernels.superpose.superpose`).
 * :func:`match_atoms` pairs atoms one to one (Hungarian) within ``within_A`` (1 A): recall =
   pairs / true atoms, precision = pairs / found atoms, RMSD over the pairs.
 * :func:`orientation_errors` finds the fixed rotation between the two frames from the
@@ -17,14 +18,14 @@ translation and an inversion:
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from btomo.kernels.coverage import cubic_rotations
+from btomo.kernels.superpose import match_atoms as _match
+from btomo.kernels.superpose import superpose
 
 from .search import angle_between, rot_z
 
@@ -51,39 +52,8 @@ class AtomScore:
 
 def match_atoms(found: np.ndarray, true: np.ndarray, within_A: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one pairs ``(i_found, i_true)`` within ``within_A`` minimising the summed distance."""
-    if len(found) == 0 or len(true) == 0:
-        return np.zeros(0, int), np.zeros(0, int)
-    d = np.linalg.norm(found[:, None, :] - true[None, :, :], axis=2)
-    cost = np.where(d <= within_A, d, 1e6)
-    i, j = linear_sum_assignment(cost)
-    ok = d[i, j] <= within_A
-    return i[ok], j[ok]
-
-
-def _kabsch(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Proper rotation ``r`` and translation ``t`` minimising ``|a r^T + t - b|``."""
-    ca, cb = a.mean(0), b.mean(0)
-    h = (a - ca).T @ (b - cb)
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    return r, cb - ca @ r.T
-
-
-def _icp(x: np.ndarray, true: np.ndarray, tree: cKDTree, iterations: int = 20) -> np.ndarray:
-    y = x + (true.mean(0) - x.mean(0))
-    for _ in range(iterations):
-        d, j = tree.query(y)
-        ok = d <= 1.5
-        if ok.sum() < 3:
-            break
-        r, t = _kabsch(y[ok], true[j[ok]])
-        y_new = y @ r.T + t
-        if np.abs(y_new - y).max() < 1e-6:
-            y = y_new
-            break
-        y = y_new
-    return y
+    return _match(np.asarray(found, dtype=np.float64).reshape(-1, 3), np.asarray(true, dtype=np.float64).reshape(-1, 3),
+                  within_A)
 
 
 def superpose_atoms(found: np.ndarray, true: np.ndarray, *, starts: list[np.ndarray] | None = None,
@@ -94,21 +64,9 @@ def superpose_atoms(found: np.ndarray, true: np.ndarray, *, starts: list[np.ndar
     true = np.asarray(true, dtype=np.float64).reshape(-1, 3)
     if len(found) == 0:
         return AtomScore(len(true), 0, 0, 0.0, 0.0, float("nan"), False, found)
-    tree = cKDTree(true)
-    rots = [np.diag(s) @ np.eye(3)[list(p)] for p in itertools.permutations(range(3))
-            for s in itertools.product((1.0, -1.0), repeat=3)]
-    rots += [np.asarray(r) for r in (starts or [])]
-    best = None
-    x0 = found - found.mean(0)
-    for r in rots:
-        y = _icp(x0 @ r.T, true, tree)
-        i, j = match_atoms(y, true, within_A)
-        key = (len(i), -float(np.sqrt(((y[i] - true[j]) ** 2).sum(1).mean())) if len(i) else 0.0)
-        if best is None or key > best[0]:
-            best = (key, y, bool(np.linalg.det(r) < 0), i, j)
-    _, y, inverted, i, j = best
-    rmsd = float(np.sqrt(((y[i] - true[j]) ** 2).sum(1).mean())) if len(i) else float("nan")
-    return AtomScore(len(true), len(found), len(i), len(i) / len(true), len(i) / len(found), rmsd, inverted, y)
+    sup = superpose(found, true, allow_inversion=True, starts=starts, within_A=within_A)
+    m = len(sup.pairs[0])
+    return AtomScore(len(true), len(found), m, m / len(true), m / len(found), sup.rmsd_A, sup.inverted, sup.aligned)
 
 
 def is_centrosymmetric(atoms: np.ndarray, tol_A: float = 0.1) -> bool:

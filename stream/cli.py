@@ -26,12 +26,6 @@ from .security import CurveError
 log = logging.getLogger("btomo")
 
 EXIT_USER_ERROR = 2
-EXIT_NOT_BUILT = 3
-
-# the issue that builds each command not built yet
-NOT_BUILT = {
-    "analyze": "structure and time-series analysis (issue 8)",
-}
 
 
 class UserError(Exception):
@@ -191,9 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the orientation search runs (cuda needs CuPy: pip install 'btomo[gpu]')")
     _common(p)
 
-    p = sub.add_parser("analyze", help="structure and time-series analysis with tables and figures")
+    p = sub.add_parser("analyze", help="structure and time-series analysis with tables and figures",
+                       description="btomo analyze RUN_DIR [--out DIR]: every reconstruction of a run (recon/) and "
+                       "its frames.csv; btomo analyze ATOMS_FILE... --out DIR: XYZ/PDB/CIF files (read with ASE), "
+                       "per structure and between consecutive files. Writes CSV tables and PNG figures "
+                       "(docs/analysis.md).")
     p.add_argument("inputs", nargs="+", type=Path, help="RUN_DIR, or ATOMS_FILE...")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="output directory (default for a run: RUN_DIR/analysis)")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
     _common(p)
     return parser
 
@@ -288,7 +287,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "into the ingest queue and the pipeline runner), per-frame analysis (frames.csv), the denoiser (its "
         "classical fallback without a model), rolling windows with orientation coverage (windows.zarr) and "
         "their hand-off to reconstruction jobs on a Dask LocalCluster, where each window is reconstructed "
-        "(map, atoms; 2 quick rounds in the demo). The analysis comes with the next issue.",
+        "(map, atoms; 2 quick rounds in the demo); `btomo analyze` turns the run's maps into tables and figures.",
         title="btomo"))
     t0 = time.perf_counter()
     result = simulate(cfg, run_dir / "recording", reporter=_reporter(args.no_dashboard))
@@ -543,14 +542,51 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        config_from_args(args, {})
-        print(f"btomo {name}: not built yet: it comes with {NOT_BUILT[name]}; nothing was done",
-              file=sys.stderr)
-        return EXIT_NOT_BUILT
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from btomo.analysis.run import AnalysisError, analyze_atom_files, analyze_run  # noqa: PLC0415
 
-    return run
+    cfg = config_from_args(args, {})
+    inputs: list[Path] = args.inputs
+    missing = [p for p in inputs if not p.exists()]
+    if missing:
+        raise UserError(f"no such run directory or atoms file: {missing[0]}")
+    try:
+        if len(inputs) == 1 and inputs[0].is_dir():
+            s = analyze_run(inputs[0], args.out, cfg.analysis, figures=not args.no_figures)
+            out = args.out or inputs[0] / "analysis"
+        else:
+            dirs = [p for p in inputs if p.is_dir()]
+            if dirs:
+                raise UserError(f"expected one RUN_DIR or atom files, got directories among several inputs: {dirs[0]}")
+            if args.out is None:
+                raise UserError("atom files need --out DIR (where the tables and figures go)")
+            s = analyze_atom_files(inputs, args.out, cfg.analysis, figures=not args.no_figures)
+            out = args.out
+    except (AnalysisError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title="btomo analyze")
+    for col in ("structure", "atoms", "diameter", "crystalline", "mean CN", "NN peak", "mean Q6"):
+        table.add_column(col, justify="right")
+    for r in s["structures"]:
+        if r.get("atoms", 0) == 0:
+            table.add_row(r["name"], "0", "", "", "", "", "")
+            continue
+        table.add_row(r["name"], str(r["atoms"]), f"{r['diameter_nm']:.2f} nm", f"{r['crystalline_fraction']:.3f}",
+                      f"{r['mean_cn']:.2f}", f"{r['nn_peak_A']:.3f} A", f"{r['mean_q6']:.3f}")
+    Console().print(table)
+    for t in s["transitions"]:
+        print(f"{t['before']} -> {t['after']}: {t['persistent']} persistent, {t['removed']} removed, "
+              f"{t['rearranged']} rearranged, median displacement {t['displacement_median_A']:.2f} A, "
+              f"etch rate {t['etch_rate_atoms_s']:.1f} atoms/s ({t['alignment']} alignment)")
+    fit = s.get("disorder_fit")
+    if fit and "A" in fit:
+        print(f"disordered fraction = 1 - {fit['A']:.3g} (d - {fit['d_c_nm']:.2f} nm)^-({fit['n']:.2f}); "
+              f"complete disorder at {fit['complete_disorder_nm']:.2f} nm")
+    print(f"wrote {out} ({len(s['figures'])} figures)")
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -563,7 +599,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train-denoiser": cmd_train_denoiser,
     "denoise": cmd_denoise,
     "reconstruct": cmd_reconstruct,
-    **{name: _not_built(name) for name in NOT_BUILT},
+    "analyze": cmd_analyze,
 }
 
 

@@ -40,7 +40,7 @@ __all__ = [
 
 PROTOCOLS = ("btomo", "dectris1", "dectris2")
 QUEUE_POLICIES = ("block", "drop-oldest")
-MORPHOLOGIES = ("sphere", "truncated_octahedron")
+MORPHOLOGIES = ("sphere", "truncated_octahedron", "irregular")
 CODECS = ("raw", "blosc-lz4")
 
 
@@ -161,8 +161,9 @@ class SampleConfig:
     diameter_nm : float
         Initial particle diameter, nm (sphere: cut diameter; truncated octahedron: diameter of
         the sphere of equal volume). The paper's particles were 1-3 nm.
-    morphology : {"sphere", "truncated_octahedron"}
-        Shape the particle is cut as from the FCC lattice.
+    morphology : {"sphere", "truncated_octahedron", "irregular"}
+        Shape the particle is cut as from the FCC lattice ("irregular": {111}/{100} facets at
+        random distances, see ``btomo.kernels.crystal.fcc_cluster``).
     lattice_A : float
         FCC lattice constant, A (Pt: 3.92).
     b_factor_A2 : float

@@ -219,7 +219,7 @@ def simulate_trajectories(cfg: RunConfig, n_frames: int | None = None) -> list[P
     half_z = 5.0 * s.z_range_nm  # A
     tracks = []
     for p in range(s.particles):
-        atoms0 = fcc_cluster(s.diameter_nm, s.morphology, s.lattice_A)
+        atoms0 = fcc_cluster(s.diameter_nm, s.morphology, s.lattice_A, seed=cfg.simulate.seed * 1000 + p)
         n0 = len(atoms0)
         pairs = cKDTree(atoms0).query_pairs(r=3.41, output_type="ndarray")
         neighbours: list[list[int]] = [[] for _ in range(n0)]

@@ -84,7 +84,7 @@ def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int =
     out = Path(out)
     rng = np.random.default_rng([seed, 71])
     s = cfg.sample
-    atoms = fcc_cluster(s.diameter_nm, shape or s.morphology, s.lattice_A)
+    atoms = fcc_cluster(s.diameter_nm, shape or s.morphology, s.lattice_A, seed=seed)
     if remove_surface > 0:
         surface = np.flatnonzero(coordination_numbers(atoms) < 12)
         gone = rng.choice(surface, size=min(remove_surface, len(surface)), replace=False)

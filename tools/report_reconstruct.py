@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--diameter", type=float, default=2.08, help="nm")
     ap.add_argument("--box", type=int, default=128, help="crop side, px")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--shape", default="truncated_octahedron", help="sphere or truncated_octahedron")
+    ap.add_argument("--shape", default="truncated_octahedron", help="sphere, truncated_octahedron or irregular")
     ap.add_argument("--remove-surface", type=int, default=20, help="random surface atoms taken away")
     ap.add_argument("--existing", action="store_true", help="only evaluate what OUT holds")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")

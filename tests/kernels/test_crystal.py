@@ -66,3 +66,17 @@ def test_bad_shape_and_size_are_rejected():
         fcc_cluster(2.0, "cube")
     with pytest.raises(ValueError, match="positive diameter"):
         fcc_cluster(-1.0)
+
+
+def test_irregular_crystal_is_lopsided_and_has_no_cubic_symmetry():
+    from btomo.kernels.crystal import _has_cubic_symmetry
+
+    for seed in range(6):
+        atoms = fcc_cluster(1.6, "irregular", seed=seed)
+        assert 0.8 * 142 < len(atoms) < 1.25 * 142  # about the equal-volume count of a 1.6 nm sphere (142)
+        assert not _has_cubic_symmetry(atoms)
+        axes = np.sqrt(np.linalg.eigvalsh(np.cov(atoms.T)))
+        assert axes[-1] / axes[0] > 1.05  # not round
+    assert np.array_equal(fcc_cluster(1.6, "irregular", seed=1), fcc_cluster(1.6, "irregular", seed=1))
+    assert not np.array_equal(fcc_cluster(1.6, "irregular", seed=1), fcc_cluster(1.6, "irregular", seed=2))
+    assert _has_cubic_symmetry(fcc_cluster(1.6, "truncated_octahedron"))

@@ -1,0 +1,130 @@
+"""The figures of ``btomo analyze`` (PNG, matplotlib's Agg backend: no display needed).
+
+* ``trace_p<k>.png``: lattice score of every frame, its moving average, the threshold, the
+  reconstructed windows, and the projected diameter (paper Fig. 1d);
+* ``q4_q6.png``: Q4 against Q6 of every atom per structure, with FCC and HCP (paper Fig. 4c);
+* ``q6_vs_r.png``: Q6 against the distance from the centre (Fig. 4d);
+* ``gr.png``: g(r) per structure (Fig. 4b);
+* ``disorder_vs_diameter.png``: disordered fraction against diameter with the fit (Fig. 4f);
+* ``displacements.png``: histograms of the displacements of persistent atoms per transition (Fig. 3b-d).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["write_figures", "FCC_Q4_Q6", "HCP_Q4_Q6"]
+
+#: (Q4, Q6) of a perfect FCC and ideal HCP environment (12 neighbours; ../shared/reference.md)
+FCC_Q4_Q6 = (0.19094, 0.57452)
+HCP_Q4_Q6 = (0.09722, 0.48476)
+
+
+def _plt():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def _save(fig, path: Path, written: list[str]) -> None:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.clf()
+    written.append(path.name)
+
+
+def write_figures(out: Path, structures, cols_of, grs, disp, per, fit, traces, cfg) -> list[str]:
+    """Write every figure there is data for into ``out``; returns the file names."""
+    plt = _plt()
+    written: list[str] = []
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for tr in traces:
+        fig, ax = plt.subplots(figsize=(9, 3.4))
+        ax.plot(tr.t_s[~tr.lattice], tr.fft_peak[~tr.lattice], ".", ms=2, color="0.6", label="frames")
+        ax.plot(tr.t_s[tr.lattice], tr.fft_peak[tr.lattice], ".", ms=2, color="tab:blue", label="lattice frames")
+        ax.plot(tr.t_s, tr.fft_peak_avg, "-", color="k", lw=1, label=f"{cfg.trace_window_frames}-frame average")
+        if math.isfinite(tr.threshold):
+            ax.axhline(tr.threshold, color="tab:red", lw=0.8, ls="--", label="threshold")
+        for s in structures:
+            if s.particle == tr.particle and math.isfinite(s.t_start_s) and math.isfinite(s.t_end_s):
+                ax.axvspan(s.t_start_s, s.t_end_s, color="tab:green", alpha=0.12)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("max FFT peak (lattice score)")
+        ax.set_title(f"particle {tr.particle}: lattice score (windows shaded)")
+        if np.any(np.isfinite(tr.diameter_avg_nm)):
+            ax2 = ax.twinx()
+            ax2.plot(tr.t_s, tr.diameter_avg_nm, "-", color="tab:orange", lw=1.2)
+            ax2.set_ylabel("projected diameter (nm)", color="tab:orange")
+        ax.legend(loc="upper right", fontsize=7, markerscale=3)
+        _save(fig, out / f"trace_p{tr.particle}.png", written)
+        plt.close(fig)
+    named = [s for s in structures if len(cols_of[s.name]["x"]) > 0]
+    if named:
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        for k, s in enumerate(named):
+            c = cols_of[s.name]
+            ax.plot(c["q4"], c["q6"], "o", ms=3, alpha=0.6, color=colours[k % len(colours)], label=s.name)
+        ax.plot(*FCC_Q4_Q6, "*", ms=14, color="k", label="FCC")
+        ax.plot(*HCP_Q4_Q6, "^", ms=10, mfc="none", mec="k", label="HCP")
+        ax.set_xlabel("Q4")
+        ax.set_ylabel("Q6")
+        ax.legend(fontsize=7)
+        _save(fig, out / "q4_q6.png", written)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k, s in enumerate(named):
+            c = cols_of[s.name]
+            ax.plot(c["r_centre_A"], c["q6"], "o", ms=3, alpha=0.6, color=colours[k % len(colours)], label=s.name)
+        ax.axhline(FCC_Q4_Q6[1], color="k", lw=0.8, ls="--")
+        ax.set_xlabel("distance from the centre (A)")
+        ax.set_ylabel("Q6")
+        ax.legend(fontsize=7)
+        _save(fig, out / "q6_vs_r.png", written)
+        plt.close(fig)
+    if grs:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k, (name, g) in enumerate(grs.items()):
+            ax.plot(g.r, g.g + 2.0 * k, "-", lw=1, color=colours[k % len(colours)], label=name)
+        ax.set_xlabel("r (A)")
+        ax.set_ylabel("g(r), offset per structure")
+        ax.legend(fontsize=7)
+        _save(fig, out / "gr.png", written)
+        plt.close(fig)
+    usable = [r for r in per if r.get("atoms", 0) >= 4]
+    if usable:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        d = np.array([r["diameter_nm"] for r in usable])
+        f = np.array([r["disordered_fraction"] for r in usable])
+        ax.plot(d, f, "o", color="k", label="structures")
+        if fit and "A" in fit:
+            from .timeseries import DisorderFit  # noqa: PLC0415
+
+            model = DisorderFit(fit["A"], fit["d_c_nm"], fit["n"], fit["rms"], fit["points"])
+            x = np.linspace(max(model.d_c_nm + 1e-3, 0.5 * d.min()), d.max() * 1.1, 200)
+            ax.plot(x, model(x), "-", color="tab:red",
+                    label=f"1 - A(d - d_c)^-n: d_c {model.d_c_nm:.2f} nm, n {model.n:.2f}")
+        ax.set_xlabel("diameter (nm)")
+        ax.set_ylabel("N disordered / N")
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend(fontsize=7)
+        _save(fig, out / "disorder_vs_diameter.png", written)
+        plt.close(fig)
+    if disp:
+        fig, axes = plt.subplots(1, len(disp), figsize=(3.2 * len(disp), 3), squeeze=False)
+        for ax, dd in zip(axes[0], disp):
+            ax.hist(dd["displacements_A"], bins=np.arange(0, max(2.0, float(np.max(dd["displacements_A"], initial=0)))
+                                                          + 0.1, 0.1), color="tab:blue")
+            ax.set_title(f"{dd['before']} -> {dd['after']}", fontsize=8)
+            ax.set_xlabel("displacement (A)")
+        axes[0][0].set_ylabel("atoms")
+        _save(fig, out / "displacements.png", written)
+        plt.close(fig)
+    log.info("figures: %s", ", ".join(written) or "none")
+    return written
