@@ -287,7 +287,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "into the ingest queue and the pipeline runner), per-frame analysis (frames.csv), the denoiser (its "
         "classical fallback without a model), rolling windows with orientation coverage (windows.zarr) and "
         "their hand-off to reconstruction jobs on a Dask LocalCluster, where each window is reconstructed "
-        "(map, atoms; 2 quick rounds in the demo); `btomo analyze` turns the run's maps into tables and figures.",
+        "(map, atoms; 2 quick rounds in the demo), then analysed (`btomo analyze`: tables and figures).",
         title="btomo"))
     t0 = time.perf_counter()
     result = simulate(cfg, run_dir / "recording", reporter=_reporter(args.no_dashboard))
@@ -327,6 +327,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 table.add_row(f"  {j['window']}", f"{j['atoms']} atoms, FSC 0.143 at {j['resolution_A']:.2f} A")
             elif j["state"] == "failed":
                 table.add_row(f"  {j['window']}", f"failed: {str(j.get('reason', ''))[:90]}")
+    if (run_dir / "frames.csv").is_file():
+        from btomo.analysis.run import AnalysisError, analyze_run  # noqa: PLC0415
+
+        try:
+            a = analyze_run(run_dir, None, cfg.analysis)
+            for r in a["structures"]:
+                if r.get("atoms"):
+                    table.add_row(f"  analysis {r['name']}", f"{r['atoms']} atoms, crystalline {r['crystalline_fraction']:.2f}, "
+                                  f"mean CN {r['mean_cn']:.1f}, NN {r['nn_peak_A']:.2f} A")
+            table.add_row("analysis", f"{len(a['figures'])} figures, tables in {run_dir / 'analysis'}")
+        except (AnalysisError, ValueError) as exc:  # the demo still reports what it made
+            log.warning("analysis of the demo run failed: %s", exc)
+            table.add_row("analysis", f"failed: {str(exc)[:90]}")
     table.add_row("time taken", f"{time.perf_counter() - t0:.1f} s ({result.fps:.0f} frames/s)")
     console.print(table)
     console.print(f"run directory: [bold]{run_dir}[/]  (recording: {result.path}, truth: {result.path / 'truth'})")

@@ -83,6 +83,9 @@ def test_demo_runs_and_says_where_its_outputs_are(tmp_path):
     assert (tmp_path / "run" / "recording" / "truth" / "frames.csv").exists()
     assert "[acquisition]" in (tmp_path / "run" / "config.toml").read_text()
     assert "simulated 20 frames" in (tmp_path / "run" / "btomo.log").read_text()
+    # the demo ends with the analysis of its run (here only the lattice trace: 20 frames make no window)
+    assert (tmp_path / "run" / "analysis" / "analysis.json").is_file()
+    assert "analysis" in r.stdout
 
 
 @pytest.mark.parametrize("how, workers", [("SIGTERM to the process", "1"), ("Ctrl-C to the process group", "2")])
