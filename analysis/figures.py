@@ -6,7 +6,11 @@
 * ``q6_vs_r.png``: Q6 against the distance from the centre (Fig. 4d);
 * ``gr.png``: g(r) per structure (Fig. 4b);
 * ``disorder_vs_diameter.png``: disordered fraction against diameter with the fit (Fig. 4f);
-* ``displacements.png``: histograms of the displacements of persistent atoms per transition (Fig. 3b-d).
+* ``displacements.png``: histograms of the displacements of persistent atoms per transition (Fig. 3b-d);
+* ``displacement_vs_cn.png``: displacement against the coordination before (Fig. 3g, Supp. Fig. 19);
+* ``cn_of_removed.png``: coordination of the removed atoms against all atoms (Supp. Fig. 17);
+* ``s6.png``: distribution of the bond order s6 with the 0.8 threshold (Supp. Fig. 20c);
+* ``radial_strain.png``: histograms of the atoms' radial strain (Supp. Fig. 21d).
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ def _save(fig, path: Path, written: list[str]) -> None:
     written.append(path.name)
 
 
-def write_figures(out: Path, structures, cols_of, grs, disp, per, fit, traces, cfg) -> list[str]:
+def write_figures(out: Path, structures, cols_of, grs, disp, per, fit, traces, cfg, s6=None) -> list[str]:
     """Write every figure there is data for into ``out``; returns the file names."""
     plt = _plt()
     written: list[str] = []
@@ -125,6 +129,52 @@ def write_figures(out: Path, structures, cols_of, grs, disp, per, fit, traces, c
             ax.set_xlabel("displacement (A)")
         axes[0][0].set_ylabel("atoms")
         _save(fig, out / "displacements.png", written)
+        plt.close(fig)
+    if disp:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for k, dd in enumerate(disp):
+            jitter = (k - 0.5 * (len(disp) - 1)) * 0.12
+            ax.plot(dd["cn_before"] + jitter, dd["displacements_A"], "o", ms=3, alpha=0.6,
+                    color=colours[k % len(colours)], label=f"{dd['before']} -> {dd['after']}")
+        ax.set_xlabel("coordination number before")
+        ax.set_ylabel("displacement (A)")
+        ax.legend(fontsize=7)
+        _save(fig, out / "displacement_vs_cn.png", written)
+        plt.close(fig)
+        fig, axes = plt.subplots(1, len(disp), figsize=(3.2 * len(disp), 3), squeeze=False)
+        for ax, dd in zip(axes[0], disp):
+            bins = np.arange(-0.5, 13.5, 1.0)
+            ax.hist(dd["cn_all"], bins=bins, color="0.75", label="all atoms")
+            ax.hist(dd["cn_removed"], bins=bins, color="tab:red", label="removed")
+            ax.set_title(f"{dd['before']} -> {dd['after']}", fontsize=8)
+            ax.set_xlabel("coordination number")
+        axes[0][0].set_ylabel("atoms")
+        axes[0][0].legend(fontsize=7)
+        _save(fig, out / "cn_of_removed.png", written)
+        plt.close(fig)
+    if s6 and any(len(v) for v in s6.values()):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for k, (name, v) in enumerate(s6.items()):
+            if len(v):
+                ax.hist(v, bins=np.linspace(-0.5, 1.0, 61), histtype="step", color=colours[k % len(colours)],
+                        label=name, density=True)
+        ax.axvline(cfg.s6_threshold, color="k", ls="--", lw=0.8)
+        ax.set_xlabel("s6 of a bond")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+        _save(fig, out / "s6.png", written)
+        plt.close(fig)
+    strain = {s.name: cols_of[s.name]["radial_strain"] for s in named}
+    strain = {k: v[np.isfinite(v)] for k, v in strain.items()}
+    if any(len(v) for v in strain.values()):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for k, (name, v) in enumerate(strain.items()):
+            if len(v):
+                ax.hist(100 * v, bins=40, histtype="step", color=colours[k % len(colours)], label=name)
+        ax.set_xlabel("radial strain (%)")
+        ax.set_ylabel("atoms")
+        ax.legend(fontsize=7)
+        _save(fig, out / "radial_strain.png", written)
         plt.close(fig)
     log.info("figures: %s", ", ".join(written) or "none")
     return written

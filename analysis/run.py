@@ -42,7 +42,7 @@ from .timeseries import LatticeTrace, fit_disorder, read_frames_csv
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Structure", "load_atoms", "load_run_structures", "analyze_structures", "analyze_run",
+__all__ = ["Structure", "load_atoms", "load_atom_images", "load_run_structures", "analyze_structures", "analyze_run",
            "analyze_atom_files", "AnalysisError"]
 
 
@@ -76,8 +76,9 @@ class Structure:
     voxel_A: float | None = None
 
 
-def load_atoms(path: str | Path) -> np.ndarray:
-    """Atom positions (A) of an XYZ/PDB/CIF/... file readable by ASE (all elements)."""
+def load_atom_images(path: str | Path) -> list:
+    """Every image (ASE ``Atoms``) of an XYZ/extended-XYZ/PDB/CIF/... file readable by ASE; a
+    one-line :class:`AnalysisError` for a missing, empty or malformed file or NaN coordinates."""
     from ase.io import read  # noqa: PLC0415
 
     path = Path(path)
@@ -86,13 +87,22 @@ def load_atoms(path: str | Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise AnalysisError(f"{path}: the file is empty")
     try:
-        atoms = read(str(path))
+        images = read(str(path), index=":")
     except Exception as exc:  # ASE raises many kinds for a malformed file
         raise AnalysisError(f"{path}: not a readable atoms file ({type(exc).__name__}: {exc})") from None
-    pos = np.asarray(atoms.get_positions(), dtype=np.float64)
-    if len(pos) and not np.all(np.isfinite(pos)):
-        raise AnalysisError(f"{path}: {int(np.sum(~np.isfinite(pos).all(axis=1)))} atoms have NaN/inf coordinates")
-    return pos
+    if not images:
+        raise AnalysisError(f"{path}: no atoms in the file")
+    for k, atoms in enumerate(images):
+        pos = atoms.get_positions()
+        if len(pos) and not np.all(np.isfinite(pos)):
+            raise AnalysisError(f"{path}: image {k}: {int(np.sum(~np.isfinite(pos).all(axis=1)))} atoms have "
+                                f"NaN/inf coordinates")
+    return images
+
+
+def load_atoms(path: str | Path) -> np.ndarray:
+    """Atom positions (A) of the last image of an atoms file (see :func:`load_atom_images`)."""
+    return np.asarray(load_atom_images(path)[-1].get_positions(), dtype=np.float64)
 
 
 def _read_map(path: Path) -> tuple[np.ndarray, float]:
@@ -145,13 +155,15 @@ ATOM_COLUMNS = ["index", "x", "y", "z", "cn", "q4", "q6", "w6", "q4_local", "q6_
                 "crystalline_bonds", "crystalline", "mean_nn_A", "r_centre_A", "radial_strain"]
 
 
-def _per_structure(s: Structure, cfg: AnalysisConfig) -> tuple[dict[str, np.ndarray], dict, RadialDistribution]:
+def _per_structure(s: Structure, cfg: AnalysisConfig) -> tuple[dict[str, np.ndarray], dict,
+                                                               RadialDistribution | None, np.ndarray]:
+    """Per-atom columns, the structure's summary, its g(r) and the s6 of its bonds."""
     p = check_positions(s.atoms_A, f"atoms of {s.name}")
     n = len(p)
     if n == 0:
         cols = {c: np.zeros(0) for c in ATOM_COLUMNS}
         summary = {"name": s.name, "particle": s.particle, "atoms": 0}
-        return cols, summary, None
+        return cols, summary, None, np.zeros(0)
     bo = BondOrder(cutoff_A=cfg.cutoff_A, ls=(4, 6), s6_threshold=cfg.s6_threshold).compute(p)
     geo = LocalGeometry(cutoff_A=cfg.cutoff_A, lattice_A=cfg.lattice_A).compute(p)
     gr = RadialDistribution(r_max_A=cfg.gr_max_A, bin_A=cfg.gr_bin_A).compute(p) if n >= 4 else None
@@ -180,7 +192,7 @@ def _per_structure(s: Structure, cfg: AnalysisConfig) -> tuple[dict[str, np.ndar
         "mean_radial_strain": float(np.nanmean(geo.radial_strain)) if np.any(np.isfinite(geo.radial_strain))
         else math.nan,
     }
-    return cols, summary, gr
+    return cols, summary, gr, bo.s6
 
 
 def _write_columns(path: Path, cols: dict[str, np.ndarray], order: list[str]) -> None:
@@ -277,7 +289,8 @@ def _transition(a: Structure, b: Structure, cols_a: dict, cfg: AnalysisConfig, o
              a.name, b.name, row["alignment"], row["persistent"], row["removed"], row["rearranged"],
              row["displacement_median_A"])
     return row, {"before": a.name, "after": b.name, "displacements_A": corr.displacement_lengths_A,
-                 "cn_before": cn[i], "r_centre_before_A": cols_a["r_centre_A"][i]}
+                 "cn_before": cn[i], "r_centre_before_A": cols_a["r_centre_A"][i], "cn_removed": cn[corr.removed],
+                 "cn_all": cn}
 
 
 def _write_mrc(path: Path, vol: np.ndarray, voxel_A: float) -> None:
@@ -310,8 +323,9 @@ def analyze_structures(structures: list[Structure], out: str | Path, cfg: Analys
     per: list[dict] = []
     cols_of: dict[str, dict] = {}
     grs: dict[str, RadialDistribution] = {}
+    s6: dict[str, np.ndarray] = {}
     for s in structures:
-        cols, summ, gr = _per_structure(s, cfg)
+        cols, summ, gr, s6[s.name] = _per_structure(s, cfg)
         _write_columns(out / f"atoms_{_safe(s.name)}.csv", cols, ATOM_COLUMNS)
         per.append(summ)
         cols_of[s.name] = cols
@@ -360,7 +374,7 @@ def analyze_structures(structures: list[Structure], out: str | Path, cfg: Analys
     if figures:
         from .figures import write_figures  # noqa: PLC0415
 
-        written = write_figures(out, structures, cols_of, grs, disp, per, fit, traces, cfg)
+        written = write_figures(out, structures, cols_of, grs, disp, per, fit, traces, cfg, s6)
     summary = {"structures": per, "transitions": transitions, "disorder_fit": fit,
                "traces": [t.summary() for t in traces], "figures": written, "settings": asdict(cfg),
                "seconds": time.perf_counter() - t0}
@@ -397,7 +411,17 @@ def analyze_run(run_dir: str | Path, out: str | Path | None = None, cfg: Analysi
 
 def analyze_atom_files(paths: list[str | Path], out: str | Path, cfg: AnalysisConfig | None = None, *,
                        figures: bool = True) -> dict:
-    """Per-structure analysis of each atoms file, and between consecutive files (in the order
-    given), aligned by their atoms."""
-    structures = [Structure(Path(p).stem, load_atoms(p), particle=0) for p in paths]
+    """Per-structure analysis of each atoms file, and between consecutive structures (in the order
+    given), aligned by their atoms. A file of several images (extended XYZ, such as the
+    simulator's etching truth ``atoms_p<P>.xyz``) gives one structure per image, named
+    ``<stem>_<k>`` (k the ``step`` of its comment line when there is one), timed by its ``t_s``."""
+    structures = []
+    for p in paths:
+        images = load_atom_images(p)
+        for k, atoms in enumerate(images):
+            info = atoms.info
+            name = Path(p).stem if len(images) == 1 else f"{Path(p).stem}_{int(info.get('step', k))}"
+            t = float(info["t_s"]) if "t_s" in info else math.nan
+            structures.append(Structure(name, np.asarray(atoms.get_positions(), dtype=np.float64), particle=0,
+                                        t_start_s=t, t_end_s=t))
     return analyze_structures(structures, out, cfg, figures=figures)

@@ -8,7 +8,8 @@ the comparison of consecutive structures (``btomo.analysis.compare``):
 * :func:`superpose`: the rigid motion (optionally with an inversion) that maps one unpaired set
   on another, from the 48 signed axis permutations (two FCC maps of one crystal differ by one of
   them, up to small errors) and any extra starts, each polished by iterative closest points;
-  the start that pairs most atoms wins, ties by the smaller RMSD.
+  the start that pairs most atoms wins, ties by the smaller RMSD, then by the smaller rotation
+  (a symmetric particle fits several ways equally: the one that moves it least is kept).
 """
 from __future__ import annotations
 
@@ -133,9 +134,12 @@ def superpose(moving, fixed, *, allow_inversion: bool = True, starts: list[np.nd
         y, r1, t1 = _icp((moving - cm) @ r0.T + cf, fixed, tree, reach_A)
         i, j = match_atoms(y, fixed, within_A)
         rmsd = float(np.sqrt(((y[i] - fixed[j]) ** 2).sum(1).mean())) if len(i) else float("nan")
-        key = (len(i), -rmsd if len(i) else 0.0)
+        matrix = r1 @ r0
+        # ties (a symmetric particle fits equally well several ways) go to the smallest motion
+        angle = float(np.arccos(np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0))) if np.linalg.det(matrix) > 0 \
+            else 4.0
+        key = (len(i), -round(rmsd, 6) if len(i) else 0.0, -round(angle, 6))
         if best is None or key > best[0]:
-            matrix = r1 @ r0
             translation = (cf - cm @ r0.T) @ r1.T + t1
             best = (key, Superposition(matrix, translation, bool(np.linalg.det(r0) < 0), y, (i, j), rmsd))
     return best[1]

@@ -81,7 +81,8 @@ def test_analyze_run_dir(run_dir, capsys):
     assert (out / "disorder_fit.json").is_file()
     summary = json.loads((out / "analysis.json").read_text())
     assert summary["traces"][0]["lattice_frames"] == 1000
-    for fig in ("trace_p0.png", "q4_q6.png", "q6_vs_r.png", "gr.png", "disorder_vs_diameter.png", "displacements.png"):
+    for fig in ("trace_p0.png", "q4_q6.png", "q6_vs_r.png", "gr.png", "disorder_vs_diameter.png", "displacements.png",
+                "displacement_vs_cn.png", "cn_of_removed.png", "s6.png", "radial_strain.png"):
         assert (out / fig).stat().st_size > 5000, fig
     assert (out / "local_cc_p0_w0000__p0_w0001.mrc").is_file()
     corr = list(csv.DictReader(open(out / "correspondence_p0_w0000__p0_w0001.csv")))
@@ -112,3 +113,28 @@ def test_bad_atom_files_are_one_line_errors(tmp_path, capsys, content, expect):
     assert main(["analyze", str(f), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert expect in err and err.count("\n") == 1
+
+
+def test_analysis_of_the_simulators_etching_truth_finds_each_etched_atom(tmp_path, capsys):
+    """The simulator's truth (one extended-XYZ image per etching step, atom ids stable): between
+    consecutive steps exactly the etched atom is 'removed', nothing else changes."""
+    from ase.io import read
+
+    rec = tmp_path / "rec"
+    assert main(["simulate", str(rec), "--frames", "120", "--shape", "192x192", "--set", "frames.box_px=128",
+                 "--set", "sample.diameter_nm=1.4", "--etch-rate", "80", "--no-progress"]) == 0
+    truth = rec / "truth" / "atoms_p0.xyz"
+    images = read(str(truth), index=":")
+    assert len(images) >= 4  # a few etching steps happened
+    out = tmp_path / "out"
+    assert main(["analyze", str(truth), "--out", str(out), "--no-figures"]) == 0
+    trans = list(csv.DictReader(open(out / "transitions.csv")))
+    assert len(trans) == len(images) - 1
+    for k, t in enumerate(trans):
+        gone = set(images[k].arrays["id"]) - set(images[k + 1].arrays["id"])
+        assert int(t["removed"]) == len(gone) and int(t["rearranged"]) == 0, t
+        assert float(t["displacement_max_A"]) < 1e-6
+        corr = list(csv.DictReader(open(out / f"correspondence_atoms_p0_{k}__atoms_p0_{k + 1}.csv")))
+        removed_ids = {int(images[k].arrays["id"][int(r["index_before"])]) for r in corr if r["status"] == "removed"}
+        assert removed_ids == gone
+    assert float(trans[0]["etch_rate_atoms_s"]) > 0
