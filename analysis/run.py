@@ -416,11 +416,14 @@ def analyze_atom_files(paths: list[str | Path], out: str | Path, cfg: AnalysisCo
     simulator's etching truth ``atoms_p<P>.xyz``) gives one structure per image, named
     ``<stem>_<k>`` (k the ``step`` of its comment line when there is one), timed by its ``t_s``."""
     structures = []
+    stems = [Path(p).stem for p in paths]
     for p in paths:
         images = load_atom_images(p)
+        # files of the same name from different folders (truth/atoms.xyz, recon/atoms.xyz) keep apart
+        stem = Path(p).stem if stems.count(Path(p).stem) == 1 else f"{Path(p).parent.name}_{Path(p).stem}"
         for k, atoms in enumerate(images):
             info = atoms.info
-            name = Path(p).stem if len(images) == 1 else f"{Path(p).stem}_{int(info.get('step', k))}"
+            name = stem if len(images) == 1 else f"{stem}_{int(info.get('step', k))}"
             t = float(info["t_s"]) if "t_s" in info else math.nan
             structures.append(Structure(name, np.asarray(atoms.get_positions(), dtype=np.float64), particle=0,
                                         t_start_s=t, t_end_s=t))

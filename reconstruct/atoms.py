@@ -9,7 +9,11 @@
 3. **Threshold from the data**: Otsu's threshold on the peaks' correlations separates atoms from
    noise; then the threshold is moved over the candidates near it to maximise the correlation
    between the map and the model's simulated map (SINGLE does both).
-4. **Sub-voxel positions**: a parabola through each peak and its two neighbours along each axis.
+4. **Sub-voxel positions**: a parabola through each peak and its two neighbours along each axis,
+   then (:func:`refine_positions`) a least-squares fit of the whole model's map to the map: at
+   1.5 A the atoms' potentials overlap, so a surface atom's peak is pulled towards its neighbours
+   (the lattice of an exact map read 0.4 % small); Gauss-Newton steps on every position at once,
+   each against the residual of all the others, remove that pull.
 
 :func:`model_map` renders an atomic model as a map (the next round's reference).
 """
@@ -26,7 +30,7 @@ from btomo.kernels.potential import potential_volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AtomResult", "model_map", "otsu_threshold", "find_atoms"]
+__all__ = ["AtomResult", "model_map", "otsu_threshold", "find_atoms", "refine_positions"]
 
 
 def model_map(atoms_A: np.ndarray, box: int, voxel_A: float, lowpass_A: float) -> np.ndarray:
@@ -116,7 +120,7 @@ class AtomResult:
 
 
 def find_atoms(vol: np.ndarray, voxel_A: float, *, lowpass_A: float = 1.5, min_separation_A: float = 2.2,
-               mask_radius_A: float | None = None, search_steps: int = 24) -> AtomResult:
+               mask_radius_A: float | None = None, search_steps: int = 24, refine_iterations: int = 5) -> AtomResult:
     """Atoms of a map ``[z, y, x]`` (see the module).
 
     Parameters
@@ -133,6 +137,8 @@ def find_atoms(vol: np.ndarray, voxel_A: float, *, lowpass_A: float = 1.5, min_s
         Atoms are looked for within this radius of the centre only.
     search_steps : int
         Thresholds tried around Otsu's for the map-model correlation.
+    refine_iterations : int
+        Gauss-Newton steps of :func:`refine_positions` on the chosen atoms (0: parabolas only).
     """
     vol = np.asarray(vol, dtype=np.float64)
     if vol.ndim != 3 or len(set(vol.shape)) != 1:
@@ -187,6 +193,62 @@ def find_atoms(vol: np.ndarray, voxel_A: float, *, lowpass_A: float = 1.5, min_s
             best = (cc, c)
     cc, c = best
     threshold = float(vals[c - 1])
+    if refine_iterations > 0:
+        pos = pos.copy()
+        pos[:c] = refine_positions(vol, pos[:c], voxel_A, lowpass_A, iterations=refine_iterations, mask=inside)
+        mm = model_map(pos[:c], box, voxel_A, lowpass_A)[inside]
+        mm = mm - mm.mean()
+        cc = float((m * mm).sum() / math.sqrt(max((m * m).sum() * (mm * mm).sum(), 1e-300)))
     log.info("atoms: %d candidates, Otsu %.3f (%d atoms), chosen %d atoms (threshold %.3f, map-model corr %.3f)",
              len(pos), otsu, n_otsu, c, threshold, cc)
     return AtomResult(pos[:c], vals[:c], threshold, otsu, cc, len(pos))
+
+
+def refine_positions(vol: np.ndarray, positions_A: np.ndarray, voxel_A: float, lowpass_A: float, *,
+                     iterations: int = 5, max_step_A: float = 0.25, mask: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares positions: minimise ``|vol - s sum_i T(x - p_i)|^2`` over the amplitude s
+    and all positions p_i, with T one atom's potential low-passed at ``lowpass_A``.
+
+    Each Gauss-Newton step moves atom i by ``grad C(p_i) / (s h)``, where ``C = R (x) T`` is the
+    correlation of the current residual ``R`` with T (one FFT; its gradient by multiplying with
+    ``2 pi i k``) and ``h = |dT/dx|^2``: the block-diagonal (atom by atom) Newton step, exact for
+    well-separated atoms, and for touching ones each atom sees the others' tails through ``R``.
+    Steps are capped at ``max_step_A``; ``mask`` (bool, like ``vol``) limits the amplitude fit.
+
+    Returns
+    -------
+    (n, 3) x, y, z in A about the box centre.
+    """
+    pos = np.asarray(positions_A, dtype=np.float64).reshape(-1, 3).copy()
+    if len(pos) == 0 or iterations <= 0:
+        return pos
+    box = vol.shape[0]
+    t = model_map(np.zeros((1, 3)), box, voxel_A, lowpass_A)
+    ft_t = np.conj(np.fft.rfftn(np.fft.ifftshift(t)))
+    kz = np.fft.fftfreq(box)[:, None, None]
+    ky = np.fft.fftfreq(box)[None, :, None]
+    kx = np.fft.rfftfreq(box)[None, None, :]
+    # h = sum_x (dT/dx)^2 in voxel units, by Parseval over the full spectrum (rfft: double the
+    # inner columns)
+    weight = np.full(kx.shape, 2.0)
+    weight[..., 0] = 1.0
+    if box % 2 == 0:
+        weight[..., -1] = 1.0
+    h = float(np.sum(weight * (2 * np.pi * kx) ** 2 * np.abs(ft_t) ** 2) / box**3)
+    sel = np.ones(vol.shape, dtype=bool) if mask is None else mask
+    for _ in range(iterations):
+        mm = model_map(pos, box, voxel_A, lowpass_A)
+        s = float((vol[sel] * mm[sel]).sum() / max((mm[sel] ** 2).sum(), 1e-300))
+        if not s > 0:
+            break
+        fr = np.fft.rfftn(vol - s * mm) * ft_t
+        # C(x) = sum_y R(y) T(y - x): its gradient along each axis, voxels^-1
+        grads = [np.fft.irfftn(fr * (2j * np.pi * k), s=vol.shape, axes=(0, 1, 2)) for k in (kx, ky, kz)]
+        coords = (pos[:, ::-1] / voxel_A + box // 2).T  # z, y, x voxel indices
+        g = np.stack([ndimage.map_coordinates(gr, coords, order=1, mode="nearest") for gr in grads], axis=1)
+        # C(p) = <R, T(. - p)> grows towards +grad at p: move along it
+        step = g / (s * h) * voxel_A
+        norm = np.linalg.norm(step, axis=1, keepdims=True)
+        step *= np.minimum(1.0, max_step_A / np.maximum(norm, 1e-300))
+        pos += step
+    return pos

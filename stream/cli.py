@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import logging
+import math
 import signal
 import sys
 import threading
@@ -591,9 +592,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                       f"{r['mean_cn']:.2f}", f"{r['nn_peak_A']:.3f} A", f"{r['mean_q6']:.3f}")
     Console().print(table)
     for t in s["transitions"]:
+        rate = t["etch_rate_atoms_s"]
+        rate_s = f"etch rate {rate:.1f} atoms/s" if math.isfinite(rate) else "no times, no etch rate"
         print(f"{t['before']} -> {t['after']}: {t['persistent']} persistent, {t['removed']} removed, "
               f"{t['rearranged']} rearranged, median displacement {t['displacement_median_A']:.2f} A, "
-              f"etch rate {t['etch_rate_atoms_s']:.1f} atoms/s ({t['alignment']} alignment)")
+              f"{rate_s} ({t['alignment']} alignment)")
     fit = s.get("disorder_fit")
     if fit and "A" in fit:
         print(f"disordered fraction = 1 - {fit['A']:.3g} (d - {fit['d_c_nm']:.2f} nm)^-({fit['n']:.2f}); "
