@@ -675,23 +675,6 @@ def _render_chunk(frames: list[int]) -> list[tuple]:
     return out
 
 
-@contextlib.contextmanager
-def _sigint_blocked():
-    """Block SIGINT in this thread for the block: a worker process the executor spawns meanwhile
-    inherits the blocked mask (through fork and exec), so that a Ctrl-C to the process group
-    can never hit it while it is still starting, before its initializer ignores SIGINT (a worker
-    killed there left the pool hanging). A SIGINT that arrives meanwhile is delivered to this
-    process when the block ends."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _rendered(cfg: RunConfig, tracks: list[ParticleTrack], chunks: list[list[int]], workers: int):
     """Yield rendered chunks in frame order.
 
@@ -715,14 +698,12 @@ def _rendered(cfg: RunConfig, tracks: list[ParticleTrack], chunks: list[list[int
     todo = iter(chunks)
     try:
         for c in itertools.islice(todo, 2 * workers):
-            with _sigint_blocked():  # submit spawns the workers, on demand
-                in_flight.append(pool.submit(_render_chunk, c))
+            in_flight.append(pool.submit(_render_chunk, c))
         while in_flight:
             batch = in_flight.popleft().result()
             nxt = next(todo, None)
             if nxt is not None:
-                with _sigint_blocked():
-                    in_flight.append(pool.submit(_render_chunk, nxt))
+                in_flight.append(pool.submit(_render_chunk, nxt))
             yield batch
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -98,7 +98,10 @@ def test_signal_stops_simulate_and_keeps_what_was_written(tmp_path, how, workers
     proc = subprocess.Popen([sys.executable, "-m", "btomo.stream", "simulate", str(out), "--frames", "20000",
                              "--shape", "192x192", "--set", "frames.box_px=128", "--workers", workers,
                              "--set", "simulate.block_frames=8", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # a test suite started in the background (`make test &`) inherits SIGINT
+                            # ignored, and so would the child: give it the terminal's default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if (out / "frames.bin").exists() and (out / "frames.bin").stat().st_size > 0:
