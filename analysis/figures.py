@@ -10,6 +10,7 @@
 * ``displacement_vs_cn.png``: displacement against the coordination before (Fig. 3g, Supp. Fig. 19);
 * ``cn_of_removed.png``: coordination of the removed atoms against all atoms (Supp. Fig. 17);
 * ``s6.png``: distribution of the bond order s6 with the 0.8 threshold (Supp. Fig. 20c);
+* ``w6.png``: distribution of the atoms' normalised W6 with the icosahedral value (Supp. Fig. 20b);
 * ``radial_strain.png``: histograms of the atoms' radial strain (Supp. Fig. 21d).
 """
 from __future__ import annotations
@@ -22,11 +23,13 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["write_figures", "FCC_Q4_Q6", "HCP_Q4_Q6"]
+__all__ = ["write_figures", "FCC_Q4_Q6", "HCP_Q4_Q6", "ICOSAHEDRAL_W6"]
 
 #: (Q4, Q6) of a perfect FCC and ideal HCP environment (12 neighbours; ../shared/reference.md)
 FCC_Q4_Q6 = (0.19094, 0.57452)
 HCP_Q4_Q6 = (0.09722, 0.48476)
+#: normalised W6 of an icosahedron's centre
+ICOSAHEDRAL_W6 = -0.16975
 
 
 def _plt():
@@ -163,6 +166,21 @@ def write_figures(out: Path, structures, cols_of, grs, disp, per, fit, traces, c
         ax.set_ylabel("density")
         ax.legend(fontsize=7)
         _save(fig, out / "s6.png", written)
+        plt.close(fig)
+    if named:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for k, s in enumerate(named):
+            w6 = cols_of[s.name]["w6"]
+            w6 = w6[np.isfinite(w6)]
+            if len(w6):
+                ax.hist(w6, bins=np.linspace(-0.2, 0.2, 81), histtype="step", color=colours[k % len(colours)],
+                        label=s.name)
+        ax.axvline(ICOSAHEDRAL_W6, color="k", ls="--", lw=0.8, label="icosahedral centre")
+        ax.axvline(-0.01316, color="0.5", ls=":", lw=0.8, label="FCC")
+        ax.set_xlabel("W6 (normalised, coarse-grained)")
+        ax.set_ylabel("atoms")
+        ax.legend(fontsize=7)
+        _save(fig, out / "w6.png", written)
         plt.close(fig)
     strain = {s.name: cols_of[s.name]["radial_strain"] for s in named}
     strain = {k: v[np.isfinite(v)] for k, v in strain.items()}

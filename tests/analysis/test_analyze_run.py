@@ -82,7 +82,7 @@ def test_analyze_run_dir(run_dir, capsys):
     summary = json.loads((out / "analysis.json").read_text())
     assert summary["traces"][0]["lattice_frames"] == 1000
     for fig in ("trace_p0.png", "q4_q6.png", "q6_vs_r.png", "gr.png", "disorder_vs_diameter.png", "displacements.png",
-                "displacement_vs_cn.png", "cn_of_removed.png", "s6.png", "radial_strain.png"):
+                "displacement_vs_cn.png", "cn_of_removed.png", "s6.png", "w6.png", "radial_strain.png"):
         assert (out / fig).stat().st_size > 5000, fig
     assert (out / "local_cc_p0_w0000__p0_w0001.mrc").is_file()
     corr = list(csv.DictReader(open(out / "correspondence_p0_w0000__p0_w0001.csv")))
