@@ -81,7 +81,8 @@ def _fft_shift(fixed: np.ndarray, moved: np.ndarray, max_vox: float) -> tuple[np
     cc = np.fft.irfftn(f * np.conj(m), s=fixed.shape, axes=(0, 1, 2))
     box = fixed.shape[0]
     g = np.fft.fftfreq(box) * box
-    far = (np.abs(g)[:, None, None] > max_vox) | (np.abs(g)[None, :, None] > max_vox) | (np.abs(g)[None, None, :] > max_vox)
+    beyond = np.abs(g) > max_vox
+    far = beyond[:, None, None] | beyond[None, :, None] | beyond[None, None, :]
     cc[far] = -np.inf
     k = np.unravel_index(int(np.argmax(cc)), cc.shape)
     return np.array([g[k[2]], g[k[1]], g[k[0]]]), float(cc[k])

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .timeseries import DisorderFit
+
 log = logging.getLogger(__name__)
 
 __all__ = ["write_figures", "FCC_Q4_Q6", "HCP_Q4_Q6", "ICOSAHEDRAL_W6"]
@@ -28,8 +30,9 @@ __all__ = ["write_figures", "FCC_Q4_Q6", "HCP_Q4_Q6", "ICOSAHEDRAL_W6"]
 #: (Q4, Q6) of a perfect FCC and ideal HCP environment (12 neighbours; ../shared/reference.md)
 FCC_Q4_Q6 = (0.19094, 0.57452)
 HCP_Q4_Q6 = (0.09722, 0.48476)
-#: normalised W6 of an icosahedron's centre
+#: normalised W6 of an icosahedron's centre and of FCC
 ICOSAHEDRAL_W6 = -0.16975
+FCC_W6 = -0.01316
 
 
 def _plt():
@@ -45,6 +48,22 @@ def _save(fig, path: Path, written: list[str]) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     fig.clf()
     written.append(path.name)
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, path: Path, written: list[str]) -> None:
+    """Label, add the legend, write and close a one-panel figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    _save(fig, path, written)
+    plt.close(fig)
+
+
+def _step_histograms(ax, series: dict, bins, colours, **kw) -> None:
+    """One step histogram per structure (empty series left out)."""
+    for k, (name, v) in enumerate(series.items()):
+        if len(v):
+            ax.hist(v, bins=bins, histtype="step", color=colours[k % len(colours)], label=name, **kw)
 
 
 def write_figures(out: Path, structures, cols_of, grs, disp, per, fit, traces, cfg, s6=None) -> list[str]:
@@ -80,30 +99,18 @@ def write_figures(out: Path, structures, cols_of, grs, disp, per, fit, traces, c
             ax.plot(c["q4"], c["q6"], "o", ms=3, alpha=0.6, color=colours[k % len(colours)], label=s.name)
         ax.plot(*FCC_Q4_Q6, "*", ms=14, color="k", label="FCC")
         ax.plot(*HCP_Q4_Q6, "^", ms=10, mfc="none", mec="k", label="HCP")
-        ax.set_xlabel("Q4")
-        ax.set_ylabel("Q6")
-        ax.legend(fontsize=7)
-        _save(fig, out / "q4_q6.png", written)
-        plt.close(fig)
+        _finish(plt, fig, ax, "Q4", "Q6", out / "q4_q6.png", written)
         fig, ax = plt.subplots(figsize=(6, 4))
         for k, s in enumerate(named):
             c = cols_of[s.name]
             ax.plot(c["r_centre_A"], c["q6"], "o", ms=3, alpha=0.6, color=colours[k % len(colours)], label=s.name)
         ax.axhline(FCC_Q4_Q6[1], color="k", lw=0.8, ls="--")
-        ax.set_xlabel("distance from the centre (A)")
-        ax.set_ylabel("Q6")
-        ax.legend(fontsize=7)
-        _save(fig, out / "q6_vs_r.png", written)
-        plt.close(fig)
+        _finish(plt, fig, ax, "distance from the centre (A)", "Q6", out / "q6_vs_r.png", written)
     if grs:
         fig, ax = plt.subplots(figsize=(6, 4))
         for k, (name, g) in enumerate(grs.items()):
             ax.plot(g.r, g.g + 2.0 * k, "-", lw=1, color=colours[k % len(colours)], label=name)
-        ax.set_xlabel("r (A)")
-        ax.set_ylabel("g(r), offset per structure")
-        ax.legend(fontsize=7)
-        _save(fig, out / "gr.png", written)
-        plt.close(fig)
+        _finish(plt, fig, ax, "r (A)", "g(r), offset per structure", out / "gr.png", written)
     usable = [r for r in per if r.get("atoms", 0) >= 4]
     if usable:
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -111,39 +118,28 @@ def write_figures(out: Path, structures, cols_of, grs, disp, per, fit, traces, c
         f = np.array([r["disordered_fraction"] for r in usable])
         ax.plot(d, f, "o", color="k", label="structures")
         if fit and "A" in fit:
-            from .timeseries import DisorderFit  # noqa: PLC0415
-
             model = DisorderFit(fit["A"], fit["d_c_nm"], fit["n"], fit["rms"], fit["points"])
             x = np.linspace(max(model.d_c_nm + 1e-3, 0.5 * d.min()), d.max() * 1.1, 200)
             ax.plot(x, model(x), "-", color="tab:red",
                     label=f"1 - A(d - d_c)^-n: d_c {model.d_c_nm:.2f} nm, n {model.n:.2f}")
-        ax.set_xlabel("diameter (nm)")
-        ax.set_ylabel("N disordered / N")
         ax.set_ylim(-0.05, 1.05)
-        ax.legend(fontsize=7)
-        _save(fig, out / "disorder_vs_diameter.png", written)
-        plt.close(fig)
+        _finish(plt, fig, ax, "diameter (nm)", "N disordered / N", out / "disorder_vs_diameter.png", written)
     if disp:
         fig, axes = plt.subplots(1, len(disp), figsize=(3.2 * len(disp), 3), squeeze=False)
         for ax, dd in zip(axes[0], disp):
-            ax.hist(dd["displacements_A"], bins=np.arange(0, max(2.0, float(np.max(dd["displacements_A"], initial=0)))
-                                                          + 0.1, 0.1), color="tab:blue")
+            top = max(2.0, float(np.max(dd["displacements_A"], initial=0)))
+            ax.hist(dd["displacements_A"], bins=np.arange(0, top + 0.1, 0.1), color="tab:blue")
             ax.set_title(f"{dd['before']} -> {dd['after']}", fontsize=8)
             ax.set_xlabel("displacement (A)")
         axes[0][0].set_ylabel("atoms")
         _save(fig, out / "displacements.png", written)
         plt.close(fig)
-    if disp:
         fig, ax = plt.subplots(figsize=(5, 4))
         for k, dd in enumerate(disp):
             jitter = (k - 0.5 * (len(disp) - 1)) * 0.12
             ax.plot(dd["cn_before"] + jitter, dd["displacements_A"], "o", ms=3, alpha=0.6,
                     color=colours[k % len(colours)], label=f"{dd['before']} -> {dd['after']}")
-        ax.set_xlabel("coordination number before")
-        ax.set_ylabel("displacement (A)")
-        ax.legend(fontsize=7)
-        _save(fig, out / "displacement_vs_cn.png", written)
-        plt.close(fig)
+        _finish(plt, fig, ax, "coordination number before", "displacement (A)", out / "displacement_vs_cn.png", written)
         fig, axes = plt.subplots(1, len(disp), figsize=(3.2 * len(disp), 3), squeeze=False)
         for ax, dd in zip(axes[0], disp):
             bins = np.arange(-0.5, 13.5, 1.0)
@@ -157,42 +153,20 @@ def write_figures(out: Path, structures, cols_of, grs, disp, per, fit, traces, c
         plt.close(fig)
     if s6 and any(len(v) for v in s6.values()):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for k, (name, v) in enumerate(s6.items()):
-            if len(v):
-                ax.hist(v, bins=np.linspace(-0.5, 1.0, 61), histtype="step", color=colours[k % len(colours)],
-                        label=name, density=True)
+        _step_histograms(ax, s6, np.linspace(-0.5, 1.0, 61), colours, density=True)
         ax.axvline(cfg.s6_threshold, color="k", ls="--", lw=0.8)
-        ax.set_xlabel("s6 of a bond")
-        ax.set_ylabel("density")
-        ax.legend(fontsize=7)
-        _save(fig, out / "s6.png", written)
-        plt.close(fig)
-    if named:
+        _finish(plt, fig, ax, "s6 of a bond", "density", out / "s6.png", written)
+    finite = {name: {k: c[k][np.isfinite(c[k])] for k in ("w6", "radial_strain")} for name, c in
+              ((s.name, cols_of[s.name]) for s in named)}
+    if any(len(v["w6"]) for v in finite.values()):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for k, s in enumerate(named):
-            w6 = cols_of[s.name]["w6"]
-            w6 = w6[np.isfinite(w6)]
-            if len(w6):
-                ax.hist(w6, bins=np.linspace(-0.2, 0.2, 81), histtype="step", color=colours[k % len(colours)],
-                        label=s.name)
+        _step_histograms(ax, {n: v["w6"] for n, v in finite.items()}, np.linspace(-0.2, 0.2, 81), colours)
         ax.axvline(ICOSAHEDRAL_W6, color="k", ls="--", lw=0.8, label="icosahedral centre")
-        ax.axvline(-0.01316, color="0.5", ls=":", lw=0.8, label="FCC")
-        ax.set_xlabel("W6 (normalised, coarse-grained)")
-        ax.set_ylabel("atoms")
-        ax.legend(fontsize=7)
-        _save(fig, out / "w6.png", written)
-        plt.close(fig)
-    strain = {s.name: cols_of[s.name]["radial_strain"] for s in named}
-    strain = {k: v[np.isfinite(v)] for k, v in strain.items()}
-    if any(len(v) for v in strain.values()):
+        ax.axvline(FCC_W6, color="0.5", ls=":", lw=0.8, label="FCC")
+        _finish(plt, fig, ax, "W6 (normalised, coarse-grained)", "atoms", out / "w6.png", written)
+    if any(len(v["radial_strain"]) for v in finite.values()):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for k, (name, v) in enumerate(strain.items()):
-            if len(v):
-                ax.hist(100 * v, bins=40, histtype="step", color=colours[k % len(colours)], label=name)
-        ax.set_xlabel("radial strain (%)")
-        ax.set_ylabel("atoms")
-        ax.legend(fontsize=7)
-        _save(fig, out / "radial_strain.png", written)
-        plt.close(fig)
+        _step_histograms(ax, {n: 100 * v["radial_strain"] for n, v in finite.items()}, 40, colours)
+        _finish(plt, fig, ax, "radial strain (%)", "atoms", out / "radial_strain.png", written)
     log.info("figures: %s", ", ".join(written) or "none")
     return written

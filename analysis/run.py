@@ -35,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import Correspondence, align_atoms, align_maps, etch_rate_atoms_per_s, local_correlation
+from .compare import (Correspondence, align_atoms, align_maps, etch_rate_atoms_per_s, local_correlation,
+                      transform_map)
 from .config import AnalysisConfig
-from .structure import BondOrder, LocalGeometry, RadialDistribution, check_positions
+from .structure import BondOrder, LocalGeometry, RadialDistribution, check_positions, cluster_volume_A3
 from .timeseries import LatticeTrace, fit_disorder, read_frames_csv
 
 log = logging.getLogger(__name__)
@@ -176,8 +177,6 @@ def _per_structure(s: Structure, cfg: AnalysisConfig) -> tuple[dict[str, np.ndar
     peak, width = gr.first_peak(cfg.cutoff_A) if gr is not None else (math.nan, math.nan)
     hull_d = math.nan
     if n >= 4:
-        from .structure import cluster_volume_A3  # noqa: PLC0415
-
         try:
             hull_d = 2.0 * (3.0 * cluster_volume_A3(p) / (4.0 * math.pi)) ** (1.0 / 3.0) / 10.0
         except Exception:  # a flat or degenerate set has no hull volume
@@ -277,8 +276,6 @@ def _transition(a: Structure, b: Structure, cols_a: dict, cfg: AnalysisConfig, o
     tag = f"{_safe(a.name)}__{_safe(b.name)}"
     _write_rows(out / f"correspondence_{tag}.csv", rows)
     if use_maps:
-        from .compare import transform_map  # noqa: PLC0415
-
         moved = transform_map(b.map, al.matrix, al.translation_A, a.voxel_A)
         lcc = local_correlation(a.map, moved, a.voxel_A, sigma_A=cfg.local_cc_sigma_A)
         _write_mrc(out / f"local_cc_{tag}.mrc", lcc.astype(np.float32), a.voxel_A)
@@ -364,11 +361,10 @@ def analyze_structures(structures: list[Structure], out: str | Path, cfg: Analys
     if frames is not None and "particle" in frames:
         for p in sorted({int(v) for v in frames["particle"][np.isfinite(frames["particle"])]}):
             tr = LatticeTrace.from_columns(frames, p, cfg.trace_window_frames)
-            _write_columns(out / f"trace_p{p}.csv", {"t_s": tr.t_s, "fft_peak": tr.fft_peak,
-                                                      "fft_peak_avg": tr.fft_peak_avg, "lattice": tr.lattice.astype(int),
-                                                      "diameter_nm": tr.diameter_nm,
-                                                      "diameter_avg_nm": tr.diameter_avg_nm},
-                           ["t_s", "fft_peak", "fft_peak_avg", "lattice", "diameter_nm", "diameter_avg_nm"])
+            cols = {"t_s": tr.t_s, "fft_peak": tr.fft_peak, "fft_peak_avg": tr.fft_peak_avg,
+                    "lattice": tr.lattice.astype(int), "diameter_nm": tr.diameter_nm,
+                    "diameter_avg_nm": tr.diameter_avg_nm}
+            _write_columns(out / f"trace_p{p}.csv", cols, list(cols))
             traces.append(tr)
     written = []
     if figures:

@@ -59,7 +59,8 @@ def fcc_cluster(diameter_nm: float, shape: str = "sphere", a: float = PT_LATTICE
     ----------
     diameter_nm : float
         Diameter of the sphere of equal volume (atoms x a^3/4). A ``"sphere"`` is cut at the
-        atom shell whose count is closest to it; for ``"truncated_octahedron"`` the {111}/{100} polyhedron (|x|,|y|,|z| <= 2s, |x|+|y|+|z| <= 3s,
+        atom shell whose count is closest to it; for ``"truncated_octahedron"`` the {111}/{100}
+        polyhedron (|x|,|y|,|z| <= 2s, |x|+|y|+|z| <= 3s,
         the regular truncated octahedron, its two cuts varied a little about that ratio) is sized to
         hold as many atoms as that sphere.
     shape : {"sphere", "truncated_octahedron"}

@@ -335,7 +335,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             a = analyze_run(run_dir, None, cfg.analysis)
             for r in a["structures"]:
                 if r.get("atoms"):
-                    table.add_row(f"  analysis {r['name']}", f"{r['atoms']} atoms, crystalline {r['crystalline_fraction']:.2f}, "
+                    table.add_row(f"  analysis {r['name']}",
+                                  f"{r['atoms']} atoms, crystalline {r['crystalline_fraction']:.2f}, "
                                   f"mean CN {r['mean_cn']:.1f}, NN {r['nn_peak_A']:.2f} A")
             table.add_row("analysis", f"{len(a['figures'])} figures, tables in {run_dir / 'analysis'}")
         except (AnalysisError, ValueError) as exc:  # the demo still reports what it made
