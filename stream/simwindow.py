@@ -10,7 +10,10 @@ change:
 
 * orientations drawn uniformly and kept when the crop would show lattice fringes (some {111},
   {200} or {220} plane edge-on within the simulator's visibility angle), like the lattice frames
-  a window holds;
+  a window holds; or, with ``rot_diffusion_rad2_s`` > 0, a Brownian rotation sampled at ``fps``
+  (the simulator's model: per-axis variance ``2 D_r dt`` per frame) of which the frames that
+  show fringes are kept, with their acquisition indices and times: a window as the microscope
+  gives it, where consecutive lattice frames are close in orientation;
 * the particle off the crop's centre by a tracking error (Gaussian, ``tracking_error_A`` RMS per
   axis) and off the focal plane by ``z_sigma_A`` (its defocus changes);
 * counts divided by the vacuum dose (the crops' scale is arbitrary, as after a denoiser).
@@ -25,18 +28,19 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from btomo.kernels.coverage import Coverage, view_directions
 from btomo.kernels.crystal import coordination_numbers, d_spacing, equivalent_diameter_A, fcc_cluster, plane_normals
-from btomo.kernels.rotation import quat_to_matrix, random_quaternion
+from btomo.kernels.rotation import quat_from_rotvec, quat_multiply, quat_to_matrix, random_quaternion
 
 from .config import RunConfig
 from .simulator import SHAPE_HALF_MAX, FrameRenderer, simulate_trajectories
 from .windows import WindowWriter
 
-__all__ = ["SimulatedWindow", "simulate_window", "lattice_orientations"]
+__all__ = ["SimulatedWindow", "simulate_window", "lattice_orientations", "shows_fringes", "brownian_orientations"]
 
 
 @dataclass
@@ -55,32 +59,84 @@ class SimulatedWindow:
         return self.store / self.name
 
 
+def shows_fringes(quats: np.ndarray, diameter_A: float, lattice_A: float = 3.92,
+                  visibility_deg: float = 0.0) -> np.ndarray:
+    """Whether orientations ``(n, 4)`` show fringes: some {111}, {200} or {220} plane edge-on
+    within the visibility angle (the simulator's: ``0.64 d / D`` rad, or ``visibility_deg``)."""
+    beam = quat_to_matrix(np.asarray(quats, dtype=np.float64).reshape(-1, 4))[:, 2, :]
+    ok = np.zeros(len(beam), dtype=bool)
+    for hkl in ((1, 1, 1), (2, 0, 0), (2, 2, 0)):
+        tol = (math.radians(visibility_deg) if visibility_deg > 0
+               else SHAPE_HALF_MAX * d_spacing(hkl, lattice_A) / diameter_A)
+        ok |= np.abs(beam @ plane_normals(hkl).T).min(axis=1) < math.sin(tol)
+    return ok
+
+
 def lattice_orientations(rng: np.random.Generator, n: int, diameter_A: float, lattice_A: float = 3.92,
                          visibility_deg: float = 0.0) -> np.ndarray:
-    """``n`` uniformly drawn orientations that show fringes: some {111}, {200} or {220} plane
-    edge-on within the visibility angle (the simulator's: ``0.64 d / D`` rad, or ``visibility_deg``)."""
+    """``n`` uniformly drawn orientations that show fringes (:func:`shows_fringes`)."""
     out = []
-    normals = {hkl: plane_normals(hkl) for hkl in ((1, 1, 1), (2, 0, 0), (2, 2, 0))}
     while sum(len(o) for o in out) < n:
         q = random_quaternion(rng, 4 * n)
-        beam = quat_to_matrix(q)[:, 2, :]
-        ok = np.zeros(len(q), dtype=bool)
-        for hkl, nrm in normals.items():
-            tol = (math.radians(visibility_deg) if visibility_deg > 0
-                   else SHAPE_HALF_MAX * d_spacing(hkl, lattice_A) / diameter_A)
-            ok |= np.abs(beam @ nrm.T).min(axis=1) < math.sin(tol)
-        out.append(q[ok])
+        out.append(q[shows_fringes(q, diameter_A, lattice_A, visibility_deg)])
     return np.concatenate(out)[:n]
+
+
+def brownian_orientations(rng: np.random.Generator, n: int, rot_diffusion_rad2_s: float, fps: float, *,
+                          keep: Callable[[np.ndarray], np.ndarray] | None = None,
+                          max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A Brownian rotation from a uniform start, one orientation per frame at ``fps``, and the
+    first ``n`` frames that ``keep`` accepts (all without it).
+
+    Each frame turns the particle by a rotation vector with per-axis variance
+    ``2 D_r / fps`` rad^2 (unit vectors then decorrelate as ``exp(-2 D_r t)``, the simulator's
+    model).
+
+    Returns
+    -------
+    quats : (n, 4)
+    frames : (n,) int
+        Their acquisition indices.
+
+    Raises
+    ------
+    RuntimeError
+        If fewer than ``n`` are accepted within ``max_frames`` (default ``1000 n``).
+    """
+    if rot_diffusion_rad2_s <= 0 or fps <= 0:
+        raise ValueError(f"expected D_r > 0 and fps > 0, got {rot_diffusion_rad2_s} rad^2/s and {fps} fps")
+    sd = math.sqrt(2.0 * rot_diffusion_rad2_s / fps)
+    limit = max_frames or 1000 * n
+    q = random_quaternion(rng)
+    quats, frames, start, accepted = [], [], 0, 0
+    while accepted < n and start < limit:
+        block = min(max(64, 2 * (n - accepted)), limit - start)
+        steps = quat_from_rotvec(rng.normal(0.0, sd, (block, 3)))
+        qs = np.empty((block, 4))
+        for k in range(block):
+            q = quat_multiply(steps[k], q)
+            q /= np.linalg.norm(q)
+            qs[k] = q
+        ok = np.ones(block, dtype=bool) if keep is None else keep(qs)
+        quats.append(qs[ok])
+        frames.append(start + np.flatnonzero(ok))
+        accepted += int(ok.sum())
+        start += block
+    qa, fa = np.concatenate(quats)[:n], np.concatenate(frames)[:n]
+    if len(fa) < n:
+        raise RuntimeError(f"only {len(fa)} of {n} frames show fringes within {limit} frames")
+    return qa, fa
 
 
 def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int = 0, tracking_error_A: float = 0.5,
                     z_sigma_A: float = 20.0, lattice_only: bool = True, shape: str | None = None,
-                    remove_surface: int = 0, fps: float = 400.0) -> SimulatedWindow:
+                    remove_surface: int = 0, fps: float = 400.0, rot_diffusion_rad2_s: float = 0.0) -> SimulatedWindow:
     """Write a window of ``frames`` crops of one static particle and its truth under ``out`` (see
     the module). The particle is ``cfg.sample``'s (diameter, ``shape`` or its morphology) with
     ``remove_surface`` random surface atoms (coordination < 12) taken away, so that it differs
     from the spherical initial model and has no symmetry; the optics, dose and liquid are
-    ``cfg``'s; the crop side is ``cfg.frames.box_px``."""
+    ``cfg``'s; the crop side is ``cfg.frames.box_px``. With ``rot_diffusion_rad2_s`` > 0 the
+    orientations are a Brownian rotation at ``fps`` (the module)."""
     out = Path(out)
     rng = np.random.default_rng([seed, 71])
     s = cfg.sample
@@ -91,7 +147,11 @@ def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int =
         atoms = np.delete(atoms, gone, axis=0)
     atoms = atoms - atoms.mean(axis=0)
     diam = equivalent_diameter_A(len(atoms), s.lattice_A)
-    if lattice_only:
+    acq = np.arange(frames)
+    if rot_diffusion_rad2_s > 0:
+        keep = (lambda q: shows_fringes(q, diam, s.lattice_A, s.visibility_angle_deg)) if lattice_only else None
+        quats, acq = brownian_orientations(rng, frames, rot_diffusion_rad2_s, fps, keep=keep)
+    elif lattice_only:
         quats = lattice_orientations(rng, frames, diam, s.lattice_A, s.visibility_angle_deg)
     else:
         quats = random_quaternion(rng, frames)
@@ -113,10 +173,10 @@ def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int =
     name = "p0_w0000"
     store = out / "windows.zarr"
     w = WindowWriter(store, box=box, pixel_size_A=pix)
-    t = np.arange(frames) / fps
+    t = acq / fps
     w.open_window(name, {"particle": 0, "t_start_s": 0.0, "pixel_size_A": pix})
     centre = np.full(frames, box / 2.0)
-    meta = {"frame": np.arange(frames), "t_s": t, "x_px": centre, "y_px": centre,
+    meta = {"frame": acq, "t_s": t, "x_px": centre, "y_px": centre,
             "fft_peak": np.ones(frames)}
     for i in range(0, frames, w.chunk_frames):
         w.append(name, crops[i:i + w.chunk_frames], {k: v[i:i + w.chunk_frames] for k, v in meta.items()})
@@ -135,6 +195,6 @@ def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int =
         wr = csv.writer(fh)
         wr.writerow(["frame", "qw", "qx", "qy", "qz", "dx_A", "dy_A", "z_A"])
         for i in range(frames):
-            wr.writerow([i, *(f"{v:.9f}" for v in quats[i]), f"{offsets[i, 0]:.4f}", f"{offsets[i, 1]:.4f}",
+            wr.writerow([int(acq[i]), *(f"{v:.9f}" for v in quats[i]), f"{offsets[i, 0]:.4f}", f"{offsets[i, 1]:.4f}",
                          f"{z[i]:.2f}"])
     return SimulatedWindow(store, name, atoms, quats, offsets, z)

@@ -57,7 +57,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--shape", default="truncated_octahedron", help="sphere, truncated_octahedron or irregular")
     ap.add_argument("--remove-surface", type=int, default=20, help="random surface atoms taken away")
+    ap.add_argument("--rot-diffusion", type=float, default=0.0,
+                    help="rad^2/s: orientations follow a Brownian rotation at 400 frames/s (0: drawn independently)")
     ap.add_argument("--existing", action="store_true", help="only evaluate what OUT holds")
+    ap.add_argument("--simulate-only", action="store_true", help="write the window and its truth, no reconstruction")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -69,13 +72,16 @@ def main() -> None:
     if not args.existing:
         t0 = time.perf_counter()
         sw = simulate_window(cfg, args.out, args.frames, seed=args.seed, shape=args.shape,
-                             remove_surface=args.remove_surface)
+                             remove_surface=args.remove_surface, rot_diffusion_rad2_s=args.rot_diffusion)
         print(f"simulated {args.frames} frames of {len(sw.atoms_A)} atoms in {time.perf_counter() - t0:.0f} s")
+        if args.simulate_only:
+            return
         reconstruct_window(sw.store, sw.name, recon, cfg.reconstruct)
     row = evaluate(args.out, recon)
     if not args.existing:
         row.update({"dose": args.dose, "diameter_nm": args.diameter, "shape": args.shape,
-                    "removed_surface_atoms": args.remove_surface, "seed": args.seed})
+                    "removed_surface_atoms": args.remove_surface, "seed": args.seed,
+                    "rot_diffusion_rad2_s": args.rot_diffusion})
     (args.out / "accuracy.json").write_text(json.dumps(row, indent=2))
     print(json.dumps(row, indent=2))
 
