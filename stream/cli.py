@@ -235,6 +235,7 @@ SIMULATE_FLAGS = {
 
 
 def _reporter(quiet: bool, unit: str = "frames"):
+    """A progress bar for a task (plain log lines with ``quiet`` or when stderr is not a terminal)."""
     from .progress import LogReporter, RichReporter  # noqa: PLC0415
 
     if quiet or not sys.stderr.isatty():
@@ -242,6 +243,20 @@ def _reporter(quiet: bool, unit: str = "frames"):
     from rich.console import Console  # noqa: PLC0415
 
     return RichReporter(Console(stderr=True), unit=unit)
+
+
+def _dashboard(quiet: bool):
+    """The live dashboard for a pipeline run (plain log lines every few seconds with ``quiet`` or
+    when stderr is not a terminal: no escape codes in files)."""
+    from .progress import LogReporter  # noqa: PLC0415
+
+    if quiet or not sys.stderr.isatty():
+        return LogReporter(log)
+    from rich.console import Console  # noqa: PLC0415
+
+    from .dashboard import Dashboard  # noqa: PLC0415
+
+    return Dashboard(Console(stderr=True))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -372,7 +387,7 @@ def _demo_stream(cfg: RunConfig, recording: Path, run_dir: Path, *, quiet: bool)
 
     sender = threading.Thread(target=send, name="btomo-demo-replay", daemon=True)
     sender.start()
-    summary = run_live(cfg, run_dir, reporter=_reporter(quiet))
+    summary = run_live(cfg, run_dir, reporter=_dashboard(quiet))
     sender.join(30)
     if failure:
         raise failure[0]
@@ -465,7 +480,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(run_dir / "btomo.log")
-    summary = run_live(cfg, run_dir, reporter=_reporter(args.no_dashboard))
+    summary = run_live(cfg, run_dir, reporter=_dashboard(args.no_dashboard))
     print(f"run directory: {run_dir}; {summary['frames_processed']} frames processed; stopped by "
           f"{summary['stop_reason']}; {_counter_line(summary['ingest'])}")
     return _interrupted("live") if summary["stop_reason"] == "interrupted" else 0
@@ -480,7 +495,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     with _open(args, cfg) as source:
         run_dir.mkdir(parents=True, exist_ok=True)
         _log_to_file(run_dir / "btomo.log")
-        summary = run_process(cfg, source, run_dir, reporter=_reporter(args.no_progress))
+        summary = run_process(cfg, source, run_dir, reporter=_dashboard(args.no_progress))
     rate = summary["frames_processed"] / max(summary["wall_seconds"], 1e-9)
     print(f"run directory: {run_dir}; {summary['frames_processed']} frames of {args.source} processed in "
           f"{summary['wall_seconds']:.1f} s ({rate:.0f} frames/s)")

@@ -185,6 +185,21 @@ def _announce(pipeline: Pipeline) -> None:
                  ", ".join(s.name for s in pipeline.stages))
 
 
+def _attach(reporter: Any, pipeline: Pipeline, counters: Any) -> None:
+    """Give a reporter that reads the pipeline (the dashboard) its stages and counters."""
+    fn = getattr(reporter, "attach", None)
+    if fn is not None:
+        fn(pipeline=pipeline, counters=counters)
+
+
+def _finishing(reporter: Any, what: str) -> None:
+    fn = getattr(reporter, "finishing", None)
+    if fn is not None:
+        fn(what)
+    else:
+        log.info("%s", what)
+
+
 def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: Any = None,
              stages: tuple[Stage, ...] | None = None) -> dict[str, Any]:
     """Receive ``cfg.stream`` and run the pipeline on it until a stop; write ``summary.json``.
@@ -199,6 +214,7 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
     ingest = Ingest(cfg, context=context)
     t0 = time.perf_counter()
     reporter = reporter or NullReporter()
+    _attach(reporter, pipeline, ingest.counters)
     reporter.start(cfg.stream.max_frames or None, "live")
     status = _Status(pipeline)
 
@@ -213,11 +229,14 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
                 elif isinstance(rec, SeriesStart):
                     pipeline.series_start(rec)
     finally:
-        reporter.end()
-        ingest.close()
-        summary = _summary(run_dir, cfg, ingest.counters.snapshot(), pipeline, time.perf_counter() - t0,
-                           ingest.receiver.stop_reason or "stopped at once",
-                           {"source": cfg.stream.source, "protocol": cfg.stream.protocol})
+        try:
+            ingest.close()
+            _finishing(reporter, "finishing: closing windows, waiting for reconstruction jobs")
+            summary = _summary(run_dir, cfg, ingest.counters.snapshot(), pipeline, time.perf_counter() - t0,
+                               ingest.receiver.stop_reason or "stopped at once",
+                               {"source": cfg.stream.source, "protocol": cfg.stream.protocol})
+        finally:
+            reporter.end()  # after the jobs: the dashboard shows them finish
     if ingest.receiver.error is not None:
         raise ingest.receiver.error
     return summary
@@ -237,6 +256,7 @@ def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = N
     pipeline.series_start(SeriesStart(source.series, source.shape, source.dtype, source.pixel_size_A, source.fps,
                                       cfg.acquisition.dose_e_per_A2, len(source)))
     reporter = reporter or NullReporter()
+    _attach(reporter, pipeline, None)
     reporter.start(len(source), f"process {source.path.name}")
     status = _Status(pipeline)
     stop_reason = "end of source"
@@ -249,7 +269,10 @@ def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = N
         stop_reason = "interrupted"
         raise
     finally:
-        reporter.end()
-        summary = _summary(run_dir, cfg, {}, pipeline, time.perf_counter() - t0, stop_reason,
-                           {"source": str(source.path), "source_kind": source.kind})
+        try:
+            _finishing(reporter, "finishing: closing windows, waiting for reconstruction jobs")
+            summary = _summary(run_dir, cfg, {}, pipeline, time.perf_counter() - t0, stop_reason,
+                               {"source": str(source.path), "source_kind": source.kind})
+        finally:
+            reporter.end()
     return summary

@@ -468,6 +468,14 @@ class WindowStage:
         return {"windows": len(self.closed), "coverage": cov,
                 "jobs": " ".join(f"{v} {k}" for k, v in jobs.items() if v) or "none"}
 
+    def view(self, map_rows: int = 9, map_cols: int = 36) -> dict[str, Any]:
+        """The open windows (name, particle, lattice frames, coverage, a coverage map from
+        :meth:`~btomo.kernels.coverage.Coverage.map`) for the dashboard."""
+        with self._lock:
+            open_ = [{"name": w.name, "particle": int(p), "frames": w.frames, "coverage": w.coverage.fraction,
+                      "map": w.coverage.map(map_rows, map_cols)} for p, w in self._open.items()]
+            return {"open": open_, "closed": len(self.closed), "target": self.cfg.windows.coverage_threshold}
+
     def counters(self) -> dict[str, Any]:
         with self._lock:
             open_ = {w.name: {"frames": w.frames, "coverage": w.coverage.fraction} for w in self._open.values()}

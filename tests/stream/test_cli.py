@@ -86,6 +86,8 @@ def test_demo_runs_and_says_where_its_outputs_are(tmp_path):
     # the demo ends with the analysis of its run (here only the lattice trace: 20 frames make no window)
     assert (tmp_path / "run" / "analysis" / "analysis.json").is_file()
     assert "analysis" in r.stdout
+    # output that is not a terminal gets plain lines: no escape codes in files
+    assert "\x1b[" not in r.stdout and "\x1b[" not in r.stderr
 
 
 @pytest.mark.parametrize("how, workers", [("SIGTERM to the process", "1"), ("Ctrl-C to the process group", "2")])
