@@ -27,13 +27,19 @@ rationals ``[numerator, denominator]`` in s since ``series_date``.
 
 Decompression is done with python-lz4's bounds-checked block decoder and bitshuffle's
 bit-transpose, after the framing has been checked against the declared sizes: nothing is
-allocated beyond the declared frame, and a hostile blob cannot make the decoder read or write
-out of bounds.
+allocated beyond the declared frame, nor beyond what the blob can decode to (LZ4 expands at most
+255-fold), and a hostile blob cannot make the decoder read or write out of bounds. Nor can a
+header make the decoder work for long: CBOR map keys must be strings (integer keys that share a
+hash would make building the map quadratic), tags whose decoding is superlinear are left
+undecoded, times must be 64-bit rationals, and numbers beyond int64 or float range are dropped
+from what a series start carries.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import struct
 import uuid
 import zlib
@@ -43,9 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from .messages import Frame, Malformed, SeriesEnd, SeriesStart, show
+from .messages import INT64, Frame, Malformed, SeriesEnd, SeriesStart, show
 from .messages import check_dtype, check_finite, check_int, check_shape, frame_from_buffer
-from .wire import parse_json
+from .wire import MAX_HEADER_BYTES, parse_json
 
 __all__ = [
     "Stream1Decoder",
@@ -82,15 +88,23 @@ def bslz4_compress(data: np.ndarray, block_elements: int = 0) -> bytes:
 
 _MIN_BLOCK_BYTES = 64  # DECTRIS's own tests use 64-byte blocks; detectors send 8192
 _MAX_BLOCK_BYTES = 1 << 24
+# An LZ4 block never decodes to more than 255 times its size: the longest output per input byte
+# is a match-length extension byte (255 bytes of output); every sequence costs at least 3 more.
+_LZ4_MAX_RATIO = 255
 
 
-def _h5_header(buf: memoryview, nbytes: int, what: str) -> int:
+def _h5_header(buf: memoryview, nbytes: int, what: str, span: int | None = None, raw: int = 0) -> int:
     """Check the 12-byte HDF5-filter header against the expected decoded size; the block size.
 
+    ``span`` of the ``nbytes`` are in LZ4 blocks (all by default), and ``raw`` bytes are stored
+    after them as they are (bslz4 keeps the last ``n % 8`` elements so, and has no block at all
+    for fewer than 8 elements).
+
     The work a blob can ask for is bounded by its own size: every block costs at least 4 bytes of
-    the blob, and a block is at least 64 bytes, so nothing is allocated or looped over for
-    blocks the blob cannot hold.
+    the blob, a block is at least 64 bytes, and LZ4 expands at most 255-fold, so nothing is
+    allocated or looped over for blocks the blob cannot hold.
     """
+    span = nbytes if span is None else span
     if buf.nbytes < _H5_HEADER.size:
         raise Malformed("bad_compression", f"expected a 12-byte {what} header, got {buf.nbytes} bytes")
     total, block_bytes = _H5_HEADER.unpack_from(buf)
@@ -99,9 +113,13 @@ def _h5_header(buf: memoryview, nbytes: int, what: str) -> int:
     if not _MIN_BLOCK_BYTES <= block_bytes <= _MAX_BLOCK_BYTES:
         raise Malformed("bad_compression", f"expected a {what} block size of {_MIN_BLOCK_BYTES} bytes to 16 MiB, "
                                            f"got {block_bytes}")
-    if -(-nbytes // block_bytes) * 4 > buf.nbytes - _H5_HEADER.size:
+    blocks = -(-span // block_bytes)
+    room = buf.nbytes - _H5_HEADER.size - raw  # for the blocks: 4-byte lengths and LZ4 data
+    if blocks * 4 > room:
         raise Malformed("bad_compression", f"a {what} blob of {buf.nbytes} bytes cannot hold the "
-                                           f"{-(-nbytes // block_bytes)} blocks its header announces")
+                                           f"{blocks} blocks its header announces")
+    if span > _LZ4_MAX_RATIO * (room - 4 * blocks):
+        raise Malformed("bad_compression", f"a {what} blob of {buf.nbytes} bytes cannot decode to {nbytes} bytes")
     return block_bytes
 
 
@@ -145,12 +163,12 @@ def bslz4_decompress(blob: Any, nbytes: int, itemsize: int) -> Any:
     import bitshuffle  # noqa: PLC0415
 
     buf = memoryview(blob).cast("B")
-    block_bytes = _h5_header(buf, nbytes, "bslz4")
+    n = nbytes // itemsize
+    leftover = (n % 8) * itemsize  # the last n % 8 elements are stored raw after the blocks
+    block_bytes = _h5_header(buf, nbytes, "bslz4", span=nbytes - leftover, raw=leftover)
     if block_bytes % (8 * itemsize):
         raise Malformed("bad_compression", f"expected a block size that is a multiple of {8 * itemsize} bytes, "
                                            f"got {block_bytes}")
-    n = nbytes // itemsize
-    leftover = (n % 8) * itemsize  # the last n % 8 elements are stored raw after the blocks
     out = bytearray(nbytes)
     pos = _h5_blocks(buf, block_bytes, nbytes - leftover, out, "bslz4", stored_raw=False)
     if buf.nbytes - pos != leftover:
@@ -190,6 +208,9 @@ def lz4h5_decompress(blob: Any, nbytes: int) -> bytearray:
 def _lz4_raw_decompress(blob: Any, nbytes: int) -> bytes:
     import lz4.block  # noqa: PLC0415
 
+    if nbytes > _LZ4_MAX_RATIO * memoryview(blob).nbytes:
+        raise Malformed("bad_compression", f"an lz4 blob of {memoryview(blob).nbytes} bytes cannot decode to "
+                                           f"{nbytes} bytes")
     try:
         out = lz4.block.decompress(blob, uncompressed_size=nbytes)
     except lz4.block.LZ4BlockError as exc:
@@ -200,19 +221,70 @@ def _lz4_raw_decompress(blob: Any, nbytes: int) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
+# what both streams read from a detector's headers
+# --------------------------------------------------------------------------------------------
+def _json(part: Any, what: str = "header", limit: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+    """:func:`.wire.parse_json`, with what the JSON parser itself raises on hostile input -- nesting
+    beyond the recursion limit, an integer of more than 4300 digits -- rejected as ``bad_json``."""
+    try:
+        return parse_json(part, what, limit, allow_nan=True)
+    except Malformed:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise Malformed("bad_json", f"expected a UTF-8 JSON {what}: {type(exc).__name__}: {str(exc)[:80]}") from None
+
+
+def _fps(frame_time: Any) -> float | None:
+    """Frames per second from a frame time in s, when that is a number > 0 with a finite inverse."""
+    if isinstance(frame_time, bool) or not isinstance(frame_time, (int, float)) or not frame_time > 0:
+        return None
+    try:
+        fps = 1.0 / frame_time
+    except OverflowError:  # an integer beyond float range
+        return None
+    return fps if math.isfinite(fps) and fps > 0 else None
+
+
+def _count(n: Any) -> int | None:
+    """A frame count that fits in int64 (a SeriesStart's ``n_frames``), else None."""
+    return n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= INT64[1] else None
+
+
+def _meta(header: Mapping[str, Any], keep: Sequence[str], *, bools: bool) -> dict[str, Any]:
+    """The ``keep`` fields of a header that are plain values: strings, integers that fit in int64,
+    finite floats (and booleans if ``bools``); anything else -- a CBOR bignum of a million digits,
+    NaN -- would break whoever writes the metadata out as JSON."""
+    out = {}
+    for k in keep:
+        v = header.get(k)
+        if isinstance(v, bool):
+            ok = bools
+        elif isinstance(v, int):
+            ok = INT64[0] <= v <= INT64[1]
+        elif isinstance(v, float):
+            ok = math.isfinite(v)
+        else:
+            ok = isinstance(v, str)
+        if ok:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # stream v1
 # --------------------------------------------------------------------------------------------
 _V1_TOP = ("dheader-1.0", "dimage-1.0", "dseries_end-1.0")
 _V1_HEADER_PARTS = {"none": 1, "basic": 2, "all": 8}
 
 
-def _head(part: Any) -> dict[str, Any] | None:
-    """A part as a JSON object with a string ``htype``, or None for any other part."""
+def _head(part: Any, limit: int = MAX_HEADER_BYTES) -> dict[str, Any] | None:
+    """A part (of at most ``limit`` bytes) as a JSON object with a string ``htype``, or None for
+    any other part."""
     buf = memoryview(part)
     if buf.nbytes == 0 or bytes(buf[:1]) != b"{":
         return None  # a blob: not worth parsing
     try:
-        h = parse_json(buf)
+        h = _json(buf, limit=limit)
     except Malformed:
         return None
     return h if isinstance(h.get("htype"), str) else None
@@ -234,8 +306,9 @@ class Stream1Decoder:
     protocol = "dectris1"
     max_parts = 9
 
-    def __init__(self, *, max_shape: tuple[int, int]):
+    def __init__(self, *, max_shape: tuple[int, int], max_header_bytes: int = MAX_HEADER_BYTES):
         self.max_shape = max_shape
+        self.max_header_bytes = max_header_bytes  # every JSON part (stream.max_header_kb)
         self._pending: list[Any] = []
         self._group_head: dict[str, Any] = {}
 
@@ -244,7 +317,7 @@ class Stream1Decoder:
         if not parts:
             raise Malformed("wrong_part_count", "expected at least one part, got 0")
         out: list[SeriesStart | Frame | SeriesEnd | Malformed] = []
-        head = _head(parts[0])
+        head = _head(parts[0], self.max_header_bytes)
         first = head["htype"] if head is not None else None
         if self._pending and first in _V1_TOP:
             out.append(Malformed("wrong_part_count", f"a group of parts ended after {len(self._pending)} part(s); "
@@ -300,14 +373,10 @@ class Stream1Decoder:
 
     def _header(self, head: dict[str, Any], group: list[Any]) -> SeriesStart:
         series = _v1_series(head)
-        config = parse_json(group[1], "detector config") if len(group) > 1 else {}
-        fps = None
-        frame_time = config.get("frame_time")
-        if isinstance(frame_time, (int, float)) and not isinstance(frame_time, bool) and frame_time > 0:
-            fps = 1.0 / frame_time
-        n = config.get("nimages")
-        ntrigger = config.get("ntrigger", 1)
-        n_frames = n * ntrigger if isinstance(n, int) and isinstance(ntrigger, int) and n >= 0 and ntrigger > 0 else None
+        config = _json(group[1], "detector config", self.max_header_bytes) if len(group) > 1 else {}
+        fps = _fps(config.get("frame_time"))
+        n, ntrigger = _count(config.get("nimages")), _count(config.get("ntrigger", 1))
+        n_frames = _count(n * ntrigger) if n is not None and ntrigger else None
         shape = None
         x, y = config.get("x_pixels_in_detector"), config.get("y_pixels_in_detector")
         if isinstance(x, int) and isinstance(y, int) and not config.get("roi_mode"):
@@ -318,13 +387,13 @@ class Stream1Decoder:
         keep = ("description", "detector_number", "software_version", "count_time", "frame_time", "nimages",
                 "ntrigger", "trigger_mode", "compression", "bit_depth_image", "data_collection_date")
         meta = {"protocol": "dectris1", "header_detail": head.get("header_detail", "basic"),
-                **{k: config[k] for k in keep if k in config and isinstance(config[k], (str, int, float, bool))}}
+                **_meta(config, keep, bools=True)}
         return SeriesStart(series, shape, None, None, fps, None, n_frames, meta)
 
     def _image(self, head: dict[str, Any], group: list[Any]) -> Frame:
         series = _v1_series(head)
         index = check_int(head.get("frame"), "'frame'", minimum=0)
-        d = parse_json(group[1], "dimage_d part")
+        d = _json(group[1], "dimage_d part", self.max_header_bytes)
         if d.get("htype") != "dimage_d-1.0":
             raise Malformed("unexpected_part", f"expected a dimage_d-1.0 part, got htype {show(d.get('htype'))}")
         xy = d.get("shape")
@@ -338,7 +407,7 @@ class Stream1Decoder:
             raise Malformed("size_mismatch", f"dimage_d says {d.get('size')} bytes, the blob has {size}")
         data = frame_from_buffer(self._decode_blob(blob, d.get("encoding"), shape, dtype), shape, dtype)
         check_finite(data)
-        cfg = parse_json(group[3], "dconfig part")
+        cfg = _json(group[3], "dconfig part", self.max_header_bytes)
         if cfg.get("htype") != "dconfig-1.0":
             raise Malformed("unexpected_part", f"expected a dconfig-1.0 part, got htype {show(cfg.get('htype'))}")
         t = check_int(cfg.get("start_time"), "start_time (ns)")
@@ -466,10 +535,51 @@ def _tag(obj: Any, number: int, what: str) -> Any:
 
 
 def _rational_ns(value: Any, key: str) -> int:
+    """A time ``[numerator, denominator]`` in s, as ns. Both are 64-bit numbers on the wire; bigger ones
+    are refused before any arithmetic (dividing two integers of a million digits takes seconds)."""
     if (not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value) or value[1] <= 0):
-        raise Malformed("bad_field", f"expected {key} as a rational [numerator, denominator > 0], got {show(value)}")
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or not 0 < value[1] < 1 << 64 or not -(1 << 64) < value[0] < 1 << 64):
+        raise Malformed("bad_field", f"expected {key} as a rational [numerator, 0 < denominator] of 64-bit "
+                                     f"integers, got {show(value)}")
     return check_int(value[0] * 1_000_000_000 // value[1], f"{key} in ns")
+
+
+def _inert(tag: int, value: Any, immutable: bool = False) -> Any:
+    import cbor2  # noqa: PLC0415
+
+    return cbor2.CBORTag(tag, value)
+
+
+# Tags DECTRIS does not send whose standard decoding costs time that grows faster than the message:
+# decimal fractions (4), bigfloats (5) and rationals (30) of big integers (quadratic: seconds for a
+# few hundred kB), regular expressions (35, compiled) and MIME messages (36, parsed). They are left
+# as CBORTag, which no field accepts.
+_INERT_TAGS = (4, 5, 30, 35, 36)
+
+
+@functools.cache
+def _cbor_options() -> dict[str, Any]:
+    """What :func:`cbor2.loads` is given, as far as the installed cbor2 supports it:
+    ``strict_hashable_types`` (map keys and set members must be strings: integer keys chosen to share
+    one hash make building the dict quadratic -- seconds for a few hundred kB; DECTRIS maps are keyed
+    by strings), and :data:`_INERT_TAGS` left undecoded."""
+    import cbor2  # noqa: PLC0415
+
+    options: dict[str, Any] = {}
+    try:
+        cbor2.loads(b"\xa1\x01\x00", strict_hashable_types=True)
+    except cbor2.CBORDecodeError:
+        options["strict_hashable_types"] = True
+    except TypeError:  # an older cbor2
+        pass
+    inert = {tag: functools.partial(_inert, tag) for tag in _INERT_TAGS}
+    try:
+        if cbor2.loads(cbor2.dumps(cbor2.CBORTag(30, [1, 3])), semantic_decoders=inert) == cbor2.CBORTag(30, [1, 3]):
+            options["semantic_decoders"] = inert
+    except (TypeError, cbor2.CBORDecodeError):  # an older cbor2: another interface, or none
+        pass
+    return options
 
 
 class Stream2Decoder:
@@ -488,7 +598,7 @@ class Stream2Decoder:
             raise Malformed("wrong_part_count", f"expected 1 part (one CBOR item), got {len(parts)}")
         buf = memoryview(parts[0])  # its size is bounded by the socket's ZMQ_MAXMSGSIZE
         try:
-            msg = cbor2.loads(buf)
+            msg = cbor2.loads(buf, **_cbor_options())
         except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise Malformed("bad_cbor", f"expected one CBOR item: {exc}") from None
         if isinstance(msg, cbor2.CBORTag) and msg.tag == 55799:  # older cbor2 keeps the tag
@@ -516,16 +626,13 @@ class Stream2Decoder:
         dtype = None
         if isinstance(msg.get("image_dtype"), str):
             dtype = check_dtype(msg["image_dtype"])
-        ft = msg.get("frame_time")
-        fps = 1.0 / ft if isinstance(ft, (int, float)) and not isinstance(ft, bool) and ft > 0 else None
-        n = msg.get("number_of_images")
+        fps = _fps(msg.get("frame_time"))
         keep = ("series_id", "detector_description", "detector_serial_number", "count_time", "frame_time",
                 "number_of_images", "incident_energy", "saturation_value")
-        meta = {"protocol": "dectris2",
-                **{k: msg[k] for k in keep if isinstance(msg.get(k), (str, int, float)) and not isinstance(msg.get(k), bool)}}
+        meta = {"protocol": "dectris2", **_meta(msg, keep, bools=False)}
         if isinstance(msg.get("arm_date"), datetime):
             meta["arm_date"] = msg["arm_date"].isoformat()
-        return SeriesStart(series, shape, dtype, None, fps, None, n if isinstance(n, int) and n >= 0 else None, meta)
+        return SeriesStart(series, shape, dtype, None, fps, None, _count(msg.get("number_of_images")), meta)
 
     def _image(self, msg: Mapping[str, Any], series: str) -> Frame:
         index = check_int(msg.get("image_id"), "image_id", minimum=0)
@@ -535,7 +642,7 @@ class Stream2Decoder:
             raise Malformed("bad_field", "expected 'data' as a map of channels to images")
         value = next(iter(channels.values()))  # the first threshold channel
         dims, typed = self._md_array(value)
-        shape = check_shape(list(dims), self.max_shape)
+        shape = check_shape(dims if isinstance(dims, (list, tuple)) else None, self.max_shape)  # not list(bytes)
         tag_number, inner = self._typed(typed)
         dtype = np.dtype(_TYPED[tag_number])
         nbytes = shape[0] * shape[1] * dtype.itemsize

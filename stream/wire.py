@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,18 +47,25 @@ VERSION = 1
 MAX_HEADER_BYTES = 64 << 10
 
 
-def parse_json(part: Any, what: str = "header") -> dict[str, Any]:
-    """A JSON object from one message part; ``header_too_large`` / ``bad_json`` otherwise."""
+def parse_json(part: Any, what: str = "header", limit: int = MAX_HEADER_BYTES, *,
+               allow_nan: bool = False) -> dict[str, Any]:
+    """A JSON object from one message part of at most ``limit`` bytes; ``header_too_large`` /
+    ``bad_json`` otherwise. NaN / Infinity literals (not JSON) are ``bad_json`` unless
+    ``allow_nan`` (DECTRIS v1, whose detector software may write them)."""
     buf = memoryview(part)
-    if buf.nbytes > MAX_HEADER_BYTES:
-        raise Malformed("header_too_large", f"expected a {what} of at most {MAX_HEADER_BYTES} bytes, got {buf.nbytes}")
+    if buf.nbytes > limit:
+        raise Malformed("header_too_large", f"expected a {what} of at most {limit} bytes, got {buf.nbytes}")
     try:
-        obj = json.loads(buf.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Malformed("bad_json", f"expected a UTF-8 JSON {what}: {exc}") from None
+        obj = json.loads(buf.tobytes().decode("utf-8"), parse_constant=None if allow_nan else _no_constant)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, NaN, nesting too deep, a 5000-digit number
+        raise Malformed("bad_json", f"expected a UTF-8 JSON {what}: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise Malformed("bad_json", f"expected a JSON object as {what}, got {type(obj).__name__}")
     return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _int(h: dict[str, Any], key: str, *, minimum: int = INT64[0], required: bool = True) -> int | None:
@@ -71,6 +79,8 @@ def _number(h: dict[str, Any], key: str) -> float | None:
     v = h.get(key)
     if v is None:
         return None
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > sys.float_info.max:
+        v = math.inf  # an integer beyond any float: refused below like inf
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
         raise Malformed("bad_field", f"expected a finite number >= 0 for {show(key)}, got {show(v)}")
     return float(v)
@@ -90,24 +100,27 @@ class BtomoDecoder:
     ----------
     max_shape : (rows, columns)
         Largest frame a header may declare, px.
+    max_header_bytes : int
+        Largest header part, bytes (``stream.max_header_kb``).
     """
 
     protocol = "btomo"
     max_parts = 2
 
-    def __init__(self, *, max_shape: tuple[int, int]):
+    def __init__(self, *, max_shape: tuple[int, int], max_header_bytes: int = MAX_HEADER_BYTES):
         self.max_shape = max_shape
+        self.max_header_bytes = max_header_bytes
 
     def decode(self, parts: Sequence[Any]) -> list[SeriesStart | Frame | SeriesEnd]:
         """One whole ZeroMQ message (its parts) into records; :class:`Malformed` if it is bad."""
         if not parts:
             raise Malformed("wrong_part_count", "expected 1 or 2 parts, got 0")
-        h = parse_json(parts[0])
+        h = parse_json(parts[0], limit=self.max_header_bytes)
         version = h.get("btomo")
-        if version != VERSION:
+        if type(version) is not int or version != VERSION:  # not true, not 1.0
             raise Malformed("unknown_version", f"expected 'btomo': {VERSION}, got {show(version)}")
         kind = h.get("type")
-        expected_parts = {"series_start": 1, "frame": 2, "series_end": 1}.get(kind)
+        expected_parts = {"series_start": 1, "frame": 2, "series_end": 1}.get(kind) if isinstance(kind, str) else None
         if expected_parts is None:
             raise Malformed("unknown_type", f"expected type series_start, frame or series_end, got {show(kind)}")
         if len(parts) != expected_parts:
