@@ -498,8 +498,8 @@ def cmd_process(args: argparse.Namespace) -> int:
         summary = run_process(cfg, source, run_dir, reporter=_dashboard(args.no_progress))
     rate = summary["frames_processed"] / max(summary["wall_seconds"], 1e-9)
     print(f"run directory: {run_dir}; {summary['frames_processed']} frames of {args.source} processed in "
-          f"{summary['wall_seconds']:.1f} s ({rate:.0f} frames/s)")
-    return 0
+          f"{summary['wall_seconds']:.1f} s ({rate:.0f} frames/s); stopped by {summary['stop_reason']}")
+    return _interrupted("process") if summary["stop_reason"] == "interrupted" else 0
 
 
 def cmd_train_denoiser(args: argparse.Namespace) -> int:
@@ -665,7 +665,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"btomo {args.command}: error: ZeroMQ: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:  # a missing file, no permission, a full disk: one line, no traceback
-        where = f": {exc.filename}" if exc.filename else ""
+        path = exc.filename or getattr(args, "run_dir", None) or getattr(args, "out", None)  # a write says no file
+        where = f": {path}" if path else ""
         print(f"btomo {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -325,6 +325,15 @@ class StreamConfig:
         float64 plus 1 MiB.
     socket_hwm : int
         ZeroMQ high-water mark of the receiving socket, messages (bounds what libzmq buffers).
+    max_header_kb : int
+        Largest JSON part a message may carry, KiB (btomo headers, DECTRIS v1 parts); larger
+        ones are rejected before they are parsed (btomo: ``header_too_large``; DECTRIS v1: not
+        a part of a group). A DECTRIS v2 message is one CBOR item, bounded with its image by
+        ``max_shape`` and by the CBOR decoder's own limits.
+    max_messages_per_s : float
+        Most messages per second the receiver takes off the socket; 0 = no limit. Above it the
+        receiver waits, so the sender is held back by ZeroMQ's high-water mark: nothing is
+        dropped, and a flooding sender cannot take more than this share of the machine.
     side_channel : str
         Address the latest-frame side channel binds (a conflated PUB); empty = off.
     side_channel_hz : float
@@ -344,6 +353,10 @@ class StreamConfig:
     curve_authorized_dir : str
         Sender side: directory of client public certificates allowed to connect; empty = any
         client that knows the server key.
+    metrics_every_s : float
+        ``btomo live`` appends a line to ``metrics.jsonl`` in the run directory this often, s:
+        the counters, the queue, latency percentiles over the interval, resident memory,
+        threads and open files (what a long session and ``tools/soak.py`` watch); 0 = off.
     """
 
     protocol: str = "btomo"
@@ -356,6 +369,8 @@ class StreamConfig:
     queue_mb: int = 256
     max_shape: tuple[int, int] = (8192, 8192)
     socket_hwm: int = 64
+    max_header_kb: int = 64
+    max_messages_per_s: float = 0.0
     side_channel: str = "tcp://127.0.0.1:9998"
     side_channel_hz: float = 10.0
     record_codec: str = "blosc-lz4"
@@ -364,6 +379,7 @@ class StreamConfig:
     curve_server_public_key: str = ""
     curve_secret_key: str = ""
     curve_authorized_dir: str = ""
+    metrics_every_s: float = 10.0
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -388,6 +404,10 @@ class StreamConfig:
             raise ConfigError(f"stream.max_shape must be two sizes >= 1 px, got {self.max_shape}")
         if self.socket_hwm < 1:
             raise ConfigError(f"stream.socket_hwm must be >= 1, got {self.socket_hwm}")
+        if not 1 <= self.max_header_kb <= 1 << 20:
+            raise ConfigError(f"stream.max_header_kb must be 1 to 1048576 KiB, got {self.max_header_kb}")
+        _positive("stream.max_messages_per_s", self.max_messages_per_s, allow_zero=True)
+        _positive("stream.metrics_every_s", self.metrics_every_s, allow_zero=True)
         _positive("stream.side_channel_hz", self.side_channel_hz)
         _positive("stream.linger_s", self.linger_s, allow_zero=True)
         if self.record_codec not in CODECS:
@@ -688,6 +708,15 @@ class JobsConfig:
         cancelled (LocalCluster) or left to the cluster (``scheduler``).
     connect_timeout_s : float
         Time allowed to start the LocalCluster or reach the scheduler, s.
+    worker_deaths_allowed : int
+        A job whose worker dies while running it (killed, out of memory) is run again on another
+        worker (the LocalCluster restarts the dead one) this many times; at the next death it fails,
+        with the reason. btomo's LocalCluster only: an existing cluster has its own setting
+        (Dask's ``distributed.scheduler.allowed-failures``).
+    worker_nice : int
+        Niceness (0-19) of btomo's LocalCluster workers: reconstructions take the CPU the live
+        path leaves (on a 2-core machine at 400 frames/s the frame loop needs most of a core);
+        0 = the same priority. Unix; an existing cluster is left as it is.
     """
 
     enabled: bool = True
@@ -698,8 +727,14 @@ class JobsConfig:
     max_pending: int = 8
     wait_seconds: float = 600.0
     connect_timeout_s: float = 60.0
+    worker_deaths_allowed: int = 3
+    worker_nice: int = 10
 
     def validate(self) -> None:
+        if not 0 <= self.worker_nice <= 19:
+            raise ConfigError(f"jobs.worker_nice must be 0 to 19, got {self.worker_nice}")
+        if self.worker_deaths_allowed < 0:
+            raise ConfigError(f"jobs.worker_deaths_allowed must be >= 0, got {self.worker_deaths_allowed}")
         if self.local_workers < 1 or self.threads_per_worker < 1 or self.max_pending < 1:
             raise ConfigError("jobs.local_workers, jobs.threads_per_worker and jobs.max_pending must be >= 1, got "
                               f"{self.local_workers}, {self.threads_per_worker}, {self.max_pending}")

@@ -149,6 +149,8 @@ class Dashboard:
         self.total: int | None = None
         self.description = ""
         self.paused = False
+        self.quit_requested = False  # the run was ended by q (stop reason "quit", exit 0)
+        self._queue_full_drops = 0  # drop-oldest: frames dropped as of the last screen
         self.selected = 0
         self.phase = "receiving"
         self._frozen: Any = None
@@ -266,9 +268,10 @@ class Dashboard:
 
     def key(self, k: str) -> None:
         """Act on one key (see the module)."""
-        if k in ("q", "Q"):
-            log.info("dashboard: q pressed, stopping cleanly")
-            self.phase = "quitting: draining the queue, flushing windows"
+        if k in ("q", "Q"):  # a second q stops at once, as a second Ctrl-C
+            log.info("dashboard: q pressed, %s", "stopping at once" if self.quit_requested else "stopping cleanly")
+            self.quit_requested = True
+            self.phase = "quitting: draining the queue, flushing windows (q again: at once)"
             os.kill(os.getpid(), signal.SIGINT)  # the pipeline's clean stop, as Ctrl-C
         elif k in ("p", "P"):
             self.paused = not self.paused
@@ -372,16 +375,31 @@ class Dashboard:
         lat = (ing.get("latency") or {})
         drops = ing.get("frames_dropped") or {}
         bad = ing.get("messages_malformed") or {}
+        gaps = ing.get("frame_gaps", 0)
         t = Text.assemble(("frames ", "bold"), f"{s['frames']}{total}", "  ",
                           ("rate ", "bold"), f"{s['rate_fps']:.0f}/s", "  ",
                           ("latency ", "bold"), f"{_fmt(lat.get('p50_ms'), '.0f')}/{_fmt(lat.get('p99_ms'), '.0f')}"
                                                 " ms p50/p99", "  ",
-                          ("queue ", "bold"), f"{ing.get('queue_depth', 0)} max {ing.get('queue_high_water', 0)}")
+                          ("gaps ", "bold"), (str(gaps), "red" if gaps else ""))
         t.append("\n")
-        t.append("gaps ", style="bold")
-        gaps = ing.get("frame_gaps", 0)
-        t.append(str(gaps), style="red" if gaps else "")
-        t.append("  dropped ", style="bold")
+        if ing:  # a stream (live); process reads a file
+            t.append("queue ", style="bold")
+            depth, limit = ing.get("queue_depth", 0), ing.get("queue_limit") or 0
+            high = f" max {ing.get('queue_high_water', 0)}" if depth < limit else ""  # full: the limit says it
+            t.append(f"{depth}/{limit or '?'}{high} ")
+        policy = ing.get("queue_policy")
+        if policy:  # what a full queue does now: hold the sender back, or drop the oldest frames
+            if policy == "block":
+                acting = bool(ing.get("queue_limit")) and ing.get("queue_depth", 0) >= ing["queue_limit"]
+                label = "backpressure" if acting else policy
+            else:
+                full_drops = drops.get("queue_full", 0)
+                acting, self._queue_full_drops = full_drops > self._queue_full_drops, full_drops
+                label = "dropping oldest" if acting else policy
+            t.append(f"{label}  ", style="bold yellow" if acting else "dim")
+        if ing.get("throttled_s"):
+            t.append(f"throttled {ing['throttled_s']:.0f} s  ", style="yellow")
+        t.append("dropped ", style="bold")
         t.append(", ".join(f"{k} {v}" for k, v in drops.items()) or "0", style="red" if drops else "")
         t.append("  malformed ", style="bold")
         t.append(", ".join(f"{k} {v}" for k, v in bad.items()) or "0", style="red" if bad else "")

@@ -109,6 +109,22 @@ class LatencyStats:
                 return min(self._edges[min(i, len(self._edges) - 1)], self.max_s)
         return self.max_s
 
+    def counts(self) -> list[int]:
+        """A copy of the histogram, for :meth:`since`."""
+        return list(self._counts)
+
+    def since(self, counts: list[int] | None) -> "LatencyStats":
+        """The latencies added after ``counts`` (from :meth:`counts`; None: all of them), as a
+        histogram of their own (its mean and max are bin edges: the sums are not kept per bin)."""
+        out = LatencyStats()
+        out._counts = [a - b for a, b in zip(self._counts, counts)] if counts else list(self._counts)
+        out.count = sum(out._counts)
+        top = max((i for i, c in enumerate(out._counts) if c), default=None)
+        if top is not None:
+            out.max_s = min(self._edges[min(top, len(self._edges) - 1)], self.max_s)
+            out.total_s = sum(c * self._edges[min(i, len(self._edges) - 1)] for i, c in enumerate(out._counts))
+        return out
+
     def summary(self) -> dict[str, float]:
         """Count, mean, p50, p90, p99, p99.9 and max, ms."""
         if not self.count:
@@ -139,10 +155,13 @@ class IngestCounters:
         self.peer_connects = 0
         self.peer_disconnects = 0
         self.handshake_failures = 0
+        self.throttled_s = 0.0  # time the receiver waited under stream.max_messages_per_s
         self.latency = LatencyStats()  # acquisition -> processed
         self.queue_latency = LatencyStats()  # accepted -> processed
         self.queue_depth = 0
         self.queue_high_water = 0
+        self.queue_limit = 0  # frames; set with the policy by the queue's owner
+        self.queue_policy = ""
         self.t_start = time.time()
         self.gaps = lambda: 0  # set by the series tracker
 
@@ -185,8 +204,11 @@ class IngestCounters:
                 "peer_connects": self.peer_connects,
                 "peer_disconnects": self.peer_disconnects,
                 "handshake_failures": self.handshake_failures,
+                "throttled_s": round(self.throttled_s, 3),
                 "queue_depth": self.queue_depth,
                 "queue_high_water": self.queue_high_water,
+                "queue_limit": self.queue_limit,
+                "queue_policy": self.queue_policy,
                 "latency": self.latency.summary(),
                 "queue_latency": self.queue_latency.summary(),
                 "wall_seconds": time.time() - self.t_start,
@@ -422,16 +444,17 @@ class FrameQueue:
 # --------------------------------------------------------------------------------------------
 # the receiver
 # --------------------------------------------------------------------------------------------
-def make_decoder(protocol: str, max_shape: tuple[int, int]):
-    """The decoder of a protocol (``btomo``, ``dectris1``, ``dectris2``)."""
+def make_decoder(protocol: str, max_shape: tuple[int, int], max_header_bytes: int = 64 << 10):
+    """The decoder of a protocol (``btomo``, ``dectris1``, ``dectris2``) that rejects frames
+    larger than ``max_shape`` and headers larger than ``max_header_bytes``."""
     if protocol == "btomo":
         from .wire import BtomoDecoder  # noqa: PLC0415
 
-        return BtomoDecoder(max_shape=max_shape)
+        return BtomoDecoder(max_shape=max_shape, max_header_bytes=max_header_bytes)
     from .dectris import Stream1Decoder, Stream2Decoder  # noqa: PLC0415
 
     if protocol == "dectris1":
-        return Stream1Decoder(max_shape=max_shape)
+        return Stream1Decoder(max_shape=max_shape, max_header_bytes=max_header_bytes)
     if protocol == "dectris2":
         return Stream2Decoder(max_shape=max_shape)
     raise ValueError(f"expected protocol btomo, dectris1 or dectris2, got {protocol!r}")
@@ -476,7 +499,7 @@ class Receiver:
         self.counters = counters
         self.defaults = defaults or {}
         self.context = context or zmq.Context.instance()
-        self.decoder = make_decoder(stream.protocol, tuple(stream.max_shape))
+        self.decoder = make_decoder(stream.protocol, tuple(stream.max_shape), stream.max_header_kb << 10)
         self.tracker = SeriesTracker(counters)
         self.latest: Frame | None = None  # read by the side channel; never waited on
         self.stop_reason = ""
@@ -489,6 +512,10 @@ class Receiver:
         # the largest part a valid message can have: a max_shape float64 frame, plus headers
         rows, cols = stream.max_shape
         self.max_part_bytes = rows * cols * 8 + (1 << 20)
+        # stream.max_messages_per_s: a token bucket holding at most 0.1 s of messages
+        self._rate = float(stream.max_messages_per_s)
+        self._burst = max(1.0, 0.1 * self._rate)
+        self._tokens, self._t_tokens = self._burst, time.monotonic()
 
     # --- control ---------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> "Receiver":
@@ -608,7 +635,7 @@ class Receiver:
     def _receive(self, sock: zmq.Socket) -> None:
         # take what is waiting, but come back to the loop regularly to see a stop request
         for _ in range(64):
-            if self._stop.is_set():
+            if self._stop.is_set() or not self._admit():
                 return
             try:
                 parts, total = self._recv_parts(sock)
@@ -634,6 +661,22 @@ class Receiver:
                     self._reject(rec)
                 else:
                     self._handle(rec)
+
+    def _admit(self) -> bool:
+        """Whether one more message may be taken now under ``max_messages_per_s``; if not, wait
+        (at most 50 ms) for the next token, leaving the message queued in ZeroMQ."""
+        if not self._rate:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._t_tokens) * self._rate)
+        self._t_tokens = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        wait = min(0.05, (1.0 - self._tokens) / self._rate)
+        time.sleep(wait)
+        self.counters.throttled_s += wait
+        return False
 
     def _reject(self, exc: Malformed) -> None:
         self.counters.malformed(exc.reason)
@@ -704,6 +747,7 @@ class Ingest:
         s = cfg.stream
         self.counters = IngestCounters()
         self.queue = FrameQueue(s.queue_frames, s.queue_mb << 20, s.queue_policy, self.counters)
+        self.counters.queue_limit, self.counters.queue_policy = s.queue_frames, s.queue_policy
         self.receiver = Receiver(s, self.queue, self.counters, context=context, defaults={
             "pixel_size_A": cfg.acquisition.pixel_size_A, "dose_e_per_A2": cfg.acquisition.dose_e_per_A2})
         self.side_channel = None

@@ -13,6 +13,12 @@ a window closed while ``max_pending`` jobs are queued or running is ``skipped`` 
 be reconstructed later with ``btomo reconstruct``). Nothing here ever raises into the live
 pipeline: a cluster that cannot start or a job that fails is logged and recorded.
 
+A worker that dies while it holds a job (killed, out of memory) is seen in the scheduler's event
+log: the job goes back to ``queued`` with ``worker_deaths`` counted and ``worker_lost`` saying
+which worker, Dask runs it again on another worker (the LocalCluster's nanny restarts the dead
+one; ``attempts`` counts the starts), and after ``jobs.worker_deaths_allowed`` deaths it fails
+with a reason that says so.
+
 Queues and policies: windows waiting to be submitted and jobs pending together at most
 ``max_pending`` (beyond: ``skipped``). At the end of the run the jobs still pending get
 ``wait_seconds``; then a LocalCluster's are cancelled (``failed``, reason said), an external
@@ -60,7 +66,9 @@ class ReconstructionJobs:
         self.out_root = Path(out_root).resolve()
         self.jobs: dict[str, dict[str, Any]] = {}
         self._futures: dict[str, Any] = {}
+        self._windows: dict[str, str] = {}  # Dask key -> window
         self._lock = threading.Lock()
+        self._done_lock = threading.Lock()  # one settling of a finished future at a time
         self._todo: queue.Queue = queue.Queue()  # bounded by max_pending through submit()
         self._thread: threading.Thread | None = None
         self._client = None
@@ -120,10 +128,12 @@ class ReconstructionJobs:
             self._cluster = LocalCluster(
                 n_workers=self.cfg.local_workers, threads_per_worker=self.cfg.threads_per_worker, processes=True,
                 memory_limit=memory or "auto", host="127.0.0.1", dashboard_address=None,
-                silence_logs=logging.WARNING)
+                silence_logs=logging.WARNING,
+                scheduler_kwargs={"allowed_failures": self.cfg.worker_deaths_allowed})
             self._client = Client(self._cluster, timeout=self.cfg.connect_timeout_s, set_as_default=False)
         self.scheduler = self._client.scheduler.address
         self._client.subscribe_topic(EVENT_TOPIC, self._on_event)
+        self._client.subscribe_topic("all", self._on_cluster_event)  # workers lost (the scheduler's own log)
         log.info("reconstruction jobs go to %s (%s)", self.scheduler,
                  "an existing cluster" if self.cfg.scheduler else
                  f"a LocalCluster of {self.cfg.local_workers} worker(s) started by btomo")
@@ -143,6 +153,10 @@ class ReconstructionJobs:
             if self._client is None:
                 self._settle(window, "failed", reason=f"no cluster: {self.error}")
                 continue
+            if self._client.status in ("closing", "closed"):  # it lost its scheduler and gave up reconnecting
+                self._settle(window, "failed", reason=f"no cluster: the connection to the scheduler {self.scheduler} "
+                             "was lost and could not be made again")
+                continue
             try:
                 self._submit(window)
             except Exception as exc:  # noqa: BLE001
@@ -151,8 +165,12 @@ class ReconstructionJobs:
     def _submit(self, window: str) -> None:
         from btomo.reconstruct.job import run_window_job  # noqa: PLC0415
 
+        key = f"btomo-reconstruct-{window}-{self._token}"
+        with self._lock:
+            self._windows[key] = window
+        nice = 0 if self.cfg.scheduler else self.cfg.worker_nice  # an existing cluster is left as it is
         fut = self._client.submit(run_window_job, str(self.store), window, str(self.out_root / window), self.settings,
-                                  key=f"btomo-reconstruct-{window}-{self._token}", pure=False, retries=0)
+                                  nice=nice, key=key, pure=False, retries=0)
         with self._lock:
             self._futures[window] = fut
             self.jobs[window]["submitted_at"] = time.time()
@@ -160,27 +178,96 @@ class ReconstructionJobs:
         log.info("window %s: reconstruction job queued on %s", window, self.scheduler)
 
     def _on_event(self, event: tuple) -> None:
+        """A job's own report (topic ``EVENT_TOPIC``): it started, on worker process ``pid``."""
         _, msg = event
-        if not isinstance(msg, dict):
+        if not isinstance(msg, dict) or msg.get("state") != "running":
             return
+        attempt = 0
         with self._lock:
             job = self.jobs.get(str(msg.get("window")))
-            if job is not None and job["state"] == "queued" and msg.get("state") == "running":
-                job.update(state="running", started_at=time.time())
+            if job is not None and job["state"] in _PENDING:
+                attempt = job.get("attempts", 0) + 1
+                job.update(state="running", started_at=time.time(), attempts=attempt, worker_pid=msg.get("pid"))
+        if attempt > 1:
+            log.warning("window %s: reconstruction job started again (attempt %d)", msg.get("window"), attempt)
+
+    def _on_cluster_event(self, event: tuple) -> None:
+        """The scheduler's own log (topic ``all``): a worker removed while it held jobs of ours."""
+        _, msg = event
+        if not isinstance(msg, dict) or msg.get("action") != "remove-worker":
+            return
+        worker = msg.get("worker", "a worker")
+        for key in msg.get("processing-tasks") or ():
+            with self._lock:
+                window = self._windows.get(str(key))
+                job = self.jobs.get(window) if window is not None else None
+                if job is None or job["state"] not in _PENDING:
+                    continue
+                deaths = job.get("worker_deaths", 0) + 1
+                how = "closed" if msg.get("expected") else "died"
+                last = (self._cluster is not None and not msg.get("expected")
+                        and deaths > self.cfg.worker_deaths_allowed)
+                job.update(worker_deaths=deaths, worker_lost=f"{worker} {how} while it held the job (loss {deaths})")
+                if not last:  # Dask runs it again; the last death's KilledWorker settles it (failed)
+                    job["state"] = "queued"
+            then = (f"more than jobs.worker_deaths_allowed = {self.cfg.worker_deaths_allowed}: the job fails" if last
+                    else "the job is queued again")
+            log.warning("window %s: the worker holding its reconstruction job (%s) %s; %s (worker losses so far: %d)",
+                        window, worker, how, then, deaths)
 
     def _on_done(self, window: str, fut: Any) -> None:
-        try:
-            if fut.status == "finished":
-                result = fut.result()
-                keep = ("reconstruction", "map", "atoms", "resolution_A", "seconds")
-                self._settle(window, "done", **{k: result.get(k) for k in keep})
-            elif fut.status == "cancelled":
-                self._settle(window, "failed", reason="cancelled")
-            else:
-                exc = fut.exception()
+        """Settle a finished job from its future (the callback thread, or :meth:`finish`: once)."""
+        with self._done_lock:
+            with self._lock:
+                settled = self.jobs[window]["state"] not in _PENDING
+            try:
+                if settled:
+                    pass
+                elif fut.status == "finished":
+                    result = fut.result()
+                    keep = ("reconstruction", "map", "atoms", "resolution_A", "seconds")
+                    self._settle(window, "done", **{k: result.get(k) for k in keep})
+                elif fut.status == "cancelled":
+                    self._settle(window, "failed", reason=self._cancelled(fut))
+                else:
+                    self._settle(window, "failed", reason=self._reason(fut.exception()))
+            except Exception as exc:  # noqa: BLE001 - e.g. the cluster went away
                 self._settle(window, "failed", reason=f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - e.g. the cluster went away
-            self._settle(window, "failed", reason=f"{type(exc).__name__}: {exc}")
+            self._release(window)
+
+    def _release(self, window: str) -> None:
+        """Let go of a settled job's future: its result or error no longer stays on a worker (where a
+        later worker death would make Dask run the finished job again)."""
+        with self._lock:
+            fut = self._futures.pop(window, None)
+        if fut is not None:
+            try:
+                fut.release()
+            except Exception as exc:  # noqa: BLE001 - the client is closing
+                log.debug("window %s: releasing the job's future: %s", window, exc)
+
+    def _cancelled(self, fut: Any) -> str:
+        """Why Dask cancelled a job's future (the client lost its scheduler, say)."""
+        cause = getattr(getattr(fut, "_state", None), "exception", None)  # FutureCancelledError, with its reason
+        why = getattr(cause, "reason", None)
+        lost = self._client is not None and self._client.status in ("connecting", "closing", "closed")
+        if why == "scheduler-connection-lost" or (lost and why in (None, "unknown")):
+            return (f"cancelled: the connection to the scheduler {self.scheduler} was lost (it stopped or cannot be "
+                    "reached); the window is kept, reconstruct it later")
+        return f"cancelled ({why})" if why and why != "unknown" else "cancelled"
+
+    def _reason(self, exc: BaseException) -> str:
+        """One line on why a job failed; a job whose workers kept dying says so plainly."""
+        if type(exc).__name__ == "KilledWorker":
+            allowed = getattr(exc, "allowed_failures", None)
+            last = getattr(getattr(exc, "last_worker", None), "address", "?")
+            limit = (f"jobs.worker_deaths_allowed = {allowed}" if self._cluster is not None
+                     else f"the cluster's distributed.scheduler.allowed-failures = {allowed}")
+            deaths = "" if allowed is None else f" {allowed + 1} times"
+            memory = f": jobs.memory_limit = {self.cfg.memory_limit}" if self._cluster is not None else ""
+            return (f"KilledWorker: the worker running the job died{deaths} (killed, or out of memory{memory}); "
+                    f"the last was {last}; {limit}")
+        return " ".join(f"{type(exc).__name__}: {exc}".split())
 
     def _settle(self, window: str, state: str, **info: Any) -> None:
         with self._lock:
@@ -202,14 +289,16 @@ class ReconstructionJobs:
         self._todo.put(None)
         self._thread.join()
         if self._client is not None:
-            futures = list(self._futures.values())
+            with self._lock:  # the settled ones leave it from the callback thread
+                pending = dict(self._futures)
+            futures = list(pending.values())
             deadline = time.monotonic() + self.cfg.wait_seconds
             if not all(f.done() for f in futures):
                 log.info("waiting up to %g s for %d reconstruction job(s)", self.cfg.wait_seconds,
                          sum(not f.done() for f in futures))
             while not all(f.done() for f in futures) and time.monotonic() < deadline:
                 time.sleep(0.05)  # (distributed.wait needs a default client; btomo sets none)
-            for window, fut in self._futures.items():
+            for window, fut in pending.items():
                 if fut.done():
                     self._on_done(window, fut)  # idempotent: the callback may not have run yet
                 elif self._cluster is not None:
@@ -225,7 +314,12 @@ class ReconstructionJobs:
         return self.snapshot()
 
     def _close(self) -> None:
+        from btomo.reconstruct.job import EVENT_TOPIC  # noqa: PLC0415
+
         try:
+            if self._client.status == "running":  # else the scheduler reports our leaving to a closed comm
+                for topic in ("all", EVENT_TOPIC):
+                    self._client.unsubscribe_topic(topic)
             self._client.close()
             if self._cluster is not None:
                 self._cluster.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import signal
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -139,9 +140,10 @@ class _Status:
 
 
 def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: Pipeline, seconds: float,
-             stop_reason: str, extra: dict[str, Any]) -> dict[str, Any]:
+             stop_reason: str, extra: dict[str, Any], *, finished: bool = True) -> dict[str, Any]:
     built = [s.name for s in pipeline.stages]
-    results = pipeline.finish()  # first: the stages' last rows, windows and jobs land here
+    # first: the stages' last rows, windows and jobs land here (not when stopped at once)
+    results = pipeline.finish() if finished else {}
     summary = {
         "frames_received": counters.get("frames_received", pipeline.frames),
         "frames_processed": pipeline.frames,
@@ -155,6 +157,7 @@ def _summary(run_dir: Path, cfg: RunConfig, counters: dict[str, Any], pipeline: 
         "jobs": ((results.get("windows") or {}).get("jobs") or {}).get("states"),
         "wall_seconds": seconds,
         "stop_reason": stop_reason,
+        "finished": finished,
         "series": pipeline.series,
         "series_count": pipeline.series_count,
         "stages": built,
@@ -204,7 +207,10 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
              stages: tuple[Stage, ...] | None = None) -> dict[str, Any]:
     """Receive ``cfg.stream`` and run the pipeline on it until a stop; write ``summary.json``.
 
-    ``stages`` default to :func:`default_stages` (``()`` runs none: ingest only)."""
+    ``stages`` default to :func:`default_stages` (``()`` runs none: ingest only). A first
+    SIGINT / SIGTERM (or the dashboard's q) stops the receiver; what was accepted is processed,
+    the open windows are closed and the jobs waited for. A second signal stops at once
+    (``KeyboardInterrupt``), still writing ``summary.json`` with what was counted."""
     from .ingest import Ingest  # noqa: PLC0415
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -217,8 +223,16 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
     _attach(reporter, pipeline, ingest.counters)
     reporter.start(cfg.stream.max_frames or None, "live")
     status = _Status(pipeline)
+    extra = {"source": cfg.stream.source, "protocol": cfg.stream.protocol}
 
     ingest.start()
+    metrics = None
+    if cfg.stream.metrics_every_s:
+        from .metrics import MetricsWriter  # noqa: PLC0415
+
+        jobs = next((s.jobs.counts for s in pipeline.stages if hasattr(getattr(s, "jobs", None), "counts")), None)
+        metrics = MetricsWriter(run_dir / "metrics.jsonl", cfg.stream.metrics_every_s, ingest.counters, jobs).start()
+    at_once = False
     try:
         with ingest.stop_on_signals():  # a first Ctrl-C / SIGTERM stops the receiver; the loop drains
             for rec in ingest.records():
@@ -228,14 +242,18 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
                     reporter.update(1, **status.due())
                 elif isinstance(rec, SeriesStart):
                     pipeline.series_start(rec)
+    except KeyboardInterrupt:  # the second signal
+        at_once = True
+        raise
     finally:
+        ingest.close()
         try:
-            ingest.close()
-            _finishing(reporter, "finishing: closing windows, waiting for reconstruction jobs")
-            summary = _summary(run_dir, cfg, ingest.counters.snapshot(), pipeline, time.perf_counter() - t0,
-                               ingest.receiver.stop_reason or "stopped at once",
-                               {"source": cfg.stream.source, "protocol": cfg.stream.protocol})
+            reason = _stop_reason(ingest.receiver.stop_reason or "stopped at once", reporter)
+            summary = _finish(run_dir, cfg, lambda: ingest.counters.snapshot(), pipeline, t0, reason, extra,
+                              reporter, at_once)
         finally:
+            if metrics is not None:
+                metrics.close()  # a last line, with the jobs' end states
             reporter.end()  # after the jobs: the dashboard shows them finish
     if ingest.receiver.error is not None:
         raise ingest.receiver.error
@@ -245,7 +263,10 @@ def run_live(cfg: RunConfig, run_dir: Path, *, reporter: Any = None, context: An
 def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = None,
                 stages: tuple[Stage, ...] | None = None) -> dict[str, Any]:
     """Run the pipeline on every frame of a :class:`~btomo.stream.sources.FrameSource`
-    (``stages`` as in :func:`run_live`)."""
+    (``stages`` and the stop signals as in :func:`run_live`: the first stops reading after the
+    current frame, the second at once)."""
+    from .signals import handling_stop_signals  # noqa: PLC0415
+
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.acquisition.pixel_size_A = source.pixel_size_A
     cfg.acquisition.fps = source.fps
@@ -259,20 +280,61 @@ def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = N
     _attach(reporter, pipeline, None)
     reporter.start(len(source), f"process {source.path.name}")
     status = _Status(pipeline)
-    stop_reason = "end of source"
+    signals: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        signals.append(signum)
+        if len(signals) > 1:
+            raise KeyboardInterrupt
+        log.warning("%s: stopping after this frame; finishing what was read (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    stop_reason, at_once = "end of source", False
     try:
-        for index, t_ns, data in source:
-            pipeline.process(Frame(source.series, index, t_ns, data, pixel_size_A=source.pixel_size_A,
-                                   dose_e_per_A2=cfg.acquisition.dose_e_per_A2))
-            reporter.update(1, **status.due())
+        with handling_stop_signals(on_signal):
+            for index, t_ns, data in source:
+                pipeline.process(Frame(source.series, index, t_ns, data, pixel_size_A=source.pixel_size_A,
+                                       dose_e_per_A2=cfg.acquisition.dose_e_per_A2))
+                reporter.update(1, **status.due())
+                if signals:
+                    stop_reason = "interrupted"
+                    break
     except KeyboardInterrupt:
-        stop_reason = "interrupted"
+        stop_reason, at_once = "stopped at once", True
         raise
     finally:
         try:
-            _finishing(reporter, "finishing: closing windows, waiting for reconstruction jobs")
-            summary = _summary(run_dir, cfg, {}, pipeline, time.perf_counter() - t0, stop_reason,
-                               {"source": str(source.path), "source_kind": source.kind})
+            summary = _finish(run_dir, cfg, dict, pipeline, t0, _stop_reason(stop_reason, reporter),
+                              {"source": str(source.path), "source_kind": source.kind}, reporter, at_once)
         finally:
             reporter.end()
     return summary
+
+
+def _stop_reason(reason: str, reporter: Any) -> str:
+    """"quit" when the interruption was the dashboard's q (the run ends normally, exit 0)."""
+    return "quit" if reason == "interrupted" and getattr(reporter, "quit_requested", False) else reason
+
+
+def _finish(run_dir: Path, cfg: RunConfig, counters: Any, pipeline: Pipeline, t0: float, stop_reason: str,
+            extra: dict[str, Any], reporter: Any, at_once: bool) -> dict[str, Any]:
+    """Finish the stages (close windows, wait for jobs) and write ``summary.json``. Stopped at
+    once (a second signal, before or during this), the stages are left as they are and the
+    summary holds what was counted (``stage_results`` empty, ``finished`` false)."""
+    from .signals import handling_stop_signals  # noqa: PLC0415
+
+    def at_once_handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if not at_once:
+        _finishing(reporter, "finishing: closing windows, waiting for reconstruction jobs")
+        try:
+            with handling_stop_signals(at_once_handler):
+                return _summary(run_dir, cfg, counters(), pipeline, time.perf_counter() - t0, stop_reason, extra)
+        except KeyboardInterrupt:
+            log.warning("stopped at once: open windows stay incomplete, jobs are abandoned")
+            _summary(run_dir, cfg, counters(), pipeline, time.perf_counter() - t0, "stopped at once", extra,
+                     finished=False)
+            raise
+    return _summary(run_dir, cfg, counters(), pipeline, time.perf_counter() - t0, "stopped at once", extra,
+                    finished=False)

@@ -27,7 +27,7 @@ from .config import RunConfig, write_config
 from .ingest import Ingest, RateLimitedLog
 from .messages import Frame, SeriesEnd, SeriesStart
 from .progress import NullReporter
-from .recording import RecordingError, RecordingWriter
+from .recording import RecordingError, RecordingWriteError, RecordingWriter
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ class Recorder:
             except Exception as exc:  # keep closing the others  # noqa: BLE001
                 errors.append(exc)
                 self._abandon(w)
+                self._update_meta(w, {**meta, "stop_reason": _failure(exc)})
         if errors:
             raise errors[0]
 
@@ -162,10 +163,14 @@ class Recorder:
         """Stop after a failure: keep what is durable, never claim completeness; add ``meta``."""
         for w in self.writers.values():
             self._abandon(w)
-            try:
-                w.update_meta(**meta)
-            except OSError:
-                log.exception("%s: could not update recording.json", w.path)
+            self._update_meta(w, meta)
+
+    @staticmethod
+    def _update_meta(w: RecordingWriter, meta: dict[str, Any]) -> None:
+        try:
+            w.update_meta(**meta)
+        except OSError as exc:  # the disk is full: what is on it stays readable without these fields
+            log.warning("%s: recording.json not updated (%s)", w.path, exc)
 
     @staticmethod
     def _abandon(w: RecordingWriter) -> None:
@@ -173,6 +178,13 @@ class Recorder:
             w.abandon()
         except Exception:  # noqa: BLE001 - the blocks already on disk stay readable
             log.exception("%s: could not flush the last frames", w.path)
+
+
+def _failure(exc: BaseException) -> str:
+    """``stop_reason`` of a recording stopped by ``exc``."""
+    if isinstance(exc, RecordingWriteError):
+        return f"write failed: {exc}"
+    return f"stopped at once ({type(exc).__name__})"
 
 
 def record(cfg: RunConfig, out: str | Path, *, reporter: Any = None, context: zmq.Context | None = None
@@ -202,7 +214,7 @@ def record(cfg: RunConfig, out: str | Path, *, reporter: Any = None, context: zm
                     reporter.update(1)
     except BaseException as exc:  # a second signal, a full disk, a bug: keep every complete block
         ingest.close()
-        recorder.abandon(ingest=ingest.counters.snapshot(), stop_reason=f"stopped at once ({type(exc).__name__})")
+        recorder.abandon(ingest=ingest.counters.snapshot(), stop_reason=_failure(exc))
         raise
     finally:
         reporter.end()

@@ -15,10 +15,15 @@ A block holds many frames and is written in one go, then flushed (and fsynced wh
 ``frames.bin``, or a block that ``index.bin`` does not list yet; :class:`Recording` uses the
 index, continues by scanning block headers past it, checks CRC-32s, and stops at the first torn
 block, reporting how many bytes it skipped. Everything before it reads back bit-identical.
+
+A write that fails (a full disk, a file-size limit, an I/O error) takes its partly written block
+back (the files are truncated to where the block began), so that the recording ends at its last
+complete block, and raises :class:`RecordingWriteError`, which says why, where, and what is kept.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "FORMAT",
     "RecordingError",
+    "RecordingWriteError",
     "RecordingWriter",
     "Recording",
     "encode_frame",
@@ -92,6 +98,53 @@ def _signals_deferred():
 
 class RecordingError(RuntimeError):
     """A recording that cannot be read or written; the message says what and where."""
+
+
+class RecordingWriteError(OSError, RecordingError):
+    """Writing a recording failed: a full disk, a file-size limit, an I/O error.
+
+    An :class:`OSError` (``errno`` and ``filename`` are the failed write's) and a
+    :class:`RecordingError`; ``str()`` is one line: the file, then why and what is kept.
+    """
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+#: what a failed write means, by errno (else the system's own words)
+_WRITE_FAILURES = {
+    errno.ENOSPC: "disk full (no space left on device)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit reached (file too large for this process or file system)",
+}
+
+
+def _write_all(fd: int, buffers: list[Any]) -> None:
+    """Write every byte of ``buffers`` to ``fd`` at its position, in as few system calls as possible.
+
+    A short write (a disk filling up) is continued until the system refuses with an error.
+    """
+    views = [memoryview(b).cast("B") for b in buffers]
+    views = [v for v in views if len(v)]
+    i = 0
+    while i < len(views):
+        if _writev is not None:
+            n = _writev(fd, views[i:i + _IOV_MAX])
+        else:  # pragma: no cover - platforms without writev
+            n = os.write(fd, views[i])
+        if n <= 0:
+            raise OSError(errno.EIO, f"write returned {n} with {sum(len(v) for v in views[i:])} bytes left")
+        while n and i < len(views):
+            if n >= len(views[i]):
+                n -= len(views[i])
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
+
+
+_writev = getattr(os, "writev", None)
+_IOV_MAX = 1024  # buffers per writev call (Linux's and macOS's IOV_MAX)
 
 
 def _blosc():
@@ -190,9 +243,15 @@ class RecordingWriter:
             **(meta or {}),
         }
         self._write_meta()
-        self._data = open(self.path / "frames.bin", "wb")
-        self._index = open(self.path / "index.bin", "wb")
-        self._index.write(_INDEX_HEADER.pack(INDEX_MAGIC, VERSION, 0))
+        # unbuffered: a block goes to the system in one writev, and a failed one can be cut off exactly
+        self._data = open(self.path / "frames.bin", "wb", buffering=0)
+        self._index = open(self.path / "index.bin", "wb", buffering=0)
+        try:
+            _write_all(self._index.fileno(), [_INDEX_HEADER.pack(INDEX_MAGIC, VERSION, 0)])
+        except OSError as exc:
+            self._data.close()
+            self._index.close()
+            raise self._write_error(exc, self.path / "index.bin", "the index header") from exc
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
         self.frames_written = 0
@@ -202,8 +261,23 @@ class RecordingWriter:
 
     def _write_meta(self) -> None:
         tmp = self.path / "recording.json.tmp"
-        tmp.write_text(json.dumps(self._meta, indent=2))
-        os.replace(tmp, self.path / "recording.json")
+        try:
+            tmp.write_text(json.dumps(self._meta, indent=2))
+            os.replace(tmp, self.path / "recording.json")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise self._write_error(exc, self.path / "recording.json", "the description") from exc
+
+    def _write_error(self, exc: OSError, path: Path, what: str) -> RecordingWriteError:
+        """The one-line :class:`RecordingWriteError` for ``exc``, raised writing ``what`` to ``path``."""
+        reason = _WRITE_FAILURES.get(exc.errno, exc.strerror or f"{type(exc).__name__}: {exc}")
+        kept = getattr(self, "frames_written", 0)
+        blocks = getattr(self, "blocks_written", 0)
+        return RecordingWriteError(
+            exc.errno or errno.EIO,
+            f"{reason} while writing {what}; the {kept} frames in the {blocks} complete blocks before it are kept "
+            "and read back intact", str(path))
 
     def append(self, frame: np.ndarray, *, frame_index: int, t_ns: int) -> None:
         """Encode and queue one frame; writes a block when one is full."""
@@ -263,25 +337,25 @@ class RecordingWriter:
         first, last = self._pending[0], self._pending[-1]
         block_offset = self._data.tell()
         index_offset = self._index.tell()
+        target = self.path / "frames.bin"
         try:
-            self._data.write(head)
-            self._data.write(table)
-            for p in self._pending:
-                self._data.write(p.data)
-            self._data.flush()
+            _write_all(self._data.fileno(), [head, table, *(p.data for p in self._pending)])
             if self.durable:
                 os.fsync(self._data.fileno())
-            self._index.write(
+            target = self.path / "index.bin"
+            _write_all(self._index.fileno(), [
                 _INDEX_ENTRY.pack(block_offset, nbytes, len(self._pending), self.frames_written,
-                                  first.frame, last.frame, first.t_ns, last.t_ns)
-            )
-            self._index.flush()
+                                  first.frame, last.frame, first.t_ns, last.t_ns)])
             if self.durable:
                 os.fsync(self._index.fileno())
-        except BaseException:
+        except BaseException as exc:
             # interrupted (a signal, a full disk) part-way: take the block back so that a later
             # flush writes it exactly once; if even that fails, the reader sees a torn tail
             self._rollback(block_offset, index_offset)
+            if isinstance(exc, OSError):
+                what = (f"block {self.blocks_written + 1} (frames {first.frame} to {last.frame}, "
+                        f"{len(self._pending)} frames, {nbytes} bytes)")
+                raise self._write_error(exc, target, what) from exc
             raise
         self.frames_written += len(self._pending)
         self.blocks_written += 1
@@ -290,16 +364,14 @@ class RecordingWriter:
         self._pending_bytes = 0
 
     def _rollback(self, block_offset: int, index_offset: int) -> None:
+        """Cut both files back to where the failed block began (frees what it took of the disk)."""
         for fh, pos in ((self._data, block_offset), (self._index, index_offset)):
             try:
-                fh.flush()
-            except OSError:
-                pass
-            try:
-                fh.seek(pos)
-                fh.truncate(pos)
-            except OSError:
-                log.exception("%s: could not roll back a partly written block", self.path)
+                os.ftruncate(fh.fileno(), pos)
+                os.lseek(fh.fileno(), pos, os.SEEK_SET)
+            except OSError as exc:  # the reader then finds a torn tail and skips it
+                log.error("%s: could not cut off a partly written block at byte %d (%s); readers skip it as a "
+                          "torn tail", fh.name, pos, exc)
 
     @property
     def closed(self) -> bool:
@@ -320,11 +392,17 @@ class RecordingWriter:
         return self
 
     def abandon(self) -> None:
-        """Stop writing after a failure: flush what is queued, close, do not claim completeness."""
+        """Stop writing after a failure: flush what is queued, close, do not claim completeness.
+
+        A queued block that cannot be written (the disk is still full) is given up with a
+        warning; every block written before stays readable.
+        """
         if self._closed:
             return
         try:
             self.flush()
+        except RecordingWriteError as exc:
+            log.warning("%s: %d queued frames not written (%s)", self.path, len(self._pending), exc)
         finally:
             self._data.close()
             self._index.close()

@@ -185,7 +185,7 @@ class WindowWriter:
                 self.counters["write_seconds"] += time.perf_counter() - t0
 
     def _do_open(self, name: str, attrs: dict[str, Any]) -> None:
-        from zarr.codecs import BloscCodec  # noqa: PLC0415
+        from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec  # noqa: PLC0415
 
         if name in self.root:
             raise FileExistsError(f"window {name} exists in {self.path}")
@@ -193,11 +193,13 @@ class WindowWriter:
         g.attrs.update({"pixel_size_A": self.pixel_size_A, "coverage": 0.0, **attrs, "complete": False})
         b = self.box
         g.create_array("frames", shape=(0, b, b), chunks=(self.chunk_frames, b, b), dtype="float32",
-                       compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")])
+                       compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()])
+        # every chunk carries a CRC-32C that Zarr checks on read: damage is an error, not data
         for key, dtype in META_ARRAYS.items():
-            g.create_array(key, shape=(0,), chunks=(4096,), dtype=dtype)
+            g.create_array(key, shape=(0,), chunks=(4096,), dtype=dtype, compressors=[ZstdCodec(), Crc32cCodec()])
         for key, (dtype, tail) in EXTRA_ARRAYS.items():
-            g.create_array(key, shape=(0, *tail), chunks=(4096, *tail), dtype=dtype, fill_value=float("nan"))
+            g.create_array(key, shape=(0, *tail), chunks=(4096, *tail), dtype=dtype, fill_value=float("nan"),
+                           compressors=[ZstdCodec(), Crc32cCodec()])
         self._windows[name] = g
         with self._lock:
             self.counters["windows_opened"] += 1

@@ -38,6 +38,29 @@ def stream_config(**overrides) -> RunConfig:
     return small_config(**base)
 
 
+def send_and_receive(cfg, messages, *, hwm: int = 10_000):
+    """Bind a PUSH socket at ``cfg.stream.source``, send ``messages`` (lists of parts) to an
+    :class:`~btomo.stream.ingest.Ingest` and consume until it stops: (records, counters)."""
+    import zmq  # noqa: PLC0415
+
+    from btomo.stream.ingest import Ingest  # noqa: PLC0415
+
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 5000)
+    push.setsockopt(zmq.SNDHWM, hwm)  # before bind: a listener copies its options then
+    push.bind(cfg.stream.source)
+    ingest = Ingest(cfg, context=ctx).start()
+    try:
+        for m in messages:
+            push.send_multipart(m, copy=False)
+        records = consume(ingest)
+    finally:
+        ingest.close()
+        push.close()
+    return records, ingest.counters.snapshot()
+
+
 def consume(ingest, *, delay_s: float = 0.0):
     """Everything an :class:`~btomo.stream.ingest.Ingest` delivers until it stops, marking frames
     processed (after ``delay_s`` each, to play a slow pipeline)."""

@@ -7,7 +7,6 @@ import struct
 
 import numpy as np
 import pytest
-import zmq
 
 from btomo.stream.dectris import (
     Stream1Decoder,
@@ -18,9 +17,8 @@ from btomo.stream.dectris import (
     lz4h5_compress,
     lz4h5_decompress,
 )
-from btomo.stream.ingest import Ingest
 from btomo.stream.messages import Frame, Malformed, SeriesEnd, SeriesStart
-from helpers import consume, stream_config
+from helpers import send_and_receive, stream_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -65,19 +63,7 @@ def test_hostile_bslz4_blobs_are_rejected_not_crashing():
 
 
 def _run(cfg, messages):
-    ctx = zmq.Context.instance()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 5000)
-    push.bind(cfg.stream.source)
-    ingest = Ingest(cfg, context=ctx).start()
-    try:
-        for m in messages:
-            push.send_multipart(m, copy=False)
-        records = consume(ingest)
-    finally:
-        ingest.close()
-        push.close()
-    return records, ingest.counters.snapshot()
+    return send_and_receive(cfg, messages)
 
 
 @pytest.mark.parametrize("compression", ["bslz4", "lz4", "none"])

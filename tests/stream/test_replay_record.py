@@ -173,7 +173,8 @@ def test_interrupted_record_writes_everything_it_accepted(sim, tmp_path):
 def test_live_and_process_write_a_run_directory(sim, tmp_path):
     address = free_address()
     # the fixture's particle is small (1.5 nm) in a small frame: tell the detector
-    small = ("--set", "frames.particle_diameter_nm=1.5", "--set", "frames.detect_snr=4")
+    small = ("--set", "frames.particle_diameter_nm=1.5", "--set", "frames.detect_snr=4",
+             "--set", "jobs.enabled=false")  # the stages and their tables here; jobs are tested elsewhere
     live = _btomo("live", "--source", address, "--run-dir", str(tmp_path / "live"), "--max-frames", "48",
                   "--no-dashboard", "--set", f"stream.side_channel={free_address()}", *small)
     # live stops at its 48th frame, maybe before the series end reached it: the replay need not
