@@ -3,9 +3,9 @@
 Every ``stream.metrics_every_s`` seconds a thread appends one JSON line to ``metrics.jsonl`` in
 the run directory: the ingest counters, the queue, latency percentiles over that interval only
 (acquisition -> processed, read off the difference of two histograms), the process's resident
-memory, threads and open file descriptors, the memory of its child processes (the Dask
-workers), and the reconstruction jobs per state. It reads counters under their locks and never
-touches the frame loop. The file grows by ~0.5 kB a line (~180 kB a day at the default 10 s).
+memory, threads, open file descriptors and CPU time, the memory of its child processes (the
+Dask workers), and the reconstruction jobs per state. It reads counters under their locks and
+never touches the frame loop. A line is ~0.6 kB: ~200 kB an hour at the default 10 s.
 ``tools/soak.py`` judges memory growth, leaks and latency stability from it.
 """
 from __future__ import annotations
@@ -25,12 +25,13 @@ __all__ = ["process_stats", "MetricsWriter", "read_metrics"]
 
 
 def process_stats(proc: psutil.Process | None = None) -> dict[str, Any]:
-    """Resident memory (MiB), OS threads and open file descriptors of ``proc`` (this process by
-    default), and the resident memory of all its descendants (MiB)."""
+    """Resident memory (MiB), OS threads, open file descriptors and CPU time (user + system, s)
+    of ``proc`` (this process by default), and the resident memory of all its descendants (MiB)."""
     proc = proc or psutil.Process()
     with proc.oneshot():
+        cpu = proc.cpu_times()
         out = {"rss_mb": proc.memory_info().rss / 2**20, "threads": proc.num_threads(),
-               "fds": proc.num_fds() if hasattr(proc, "num_fds") else None}
+               "fds": proc.num_fds() if hasattr(proc, "num_fds") else None, "cpu_s": cpu.user + cpu.system}
     children = 0.0
     for child in proc.children(recursive=True):
         try:

@@ -55,12 +55,12 @@ LIVE_SETTINGS = {
 }
 
 
-def _recording(out: Path, frames: int, shape: str, seed: int) -> Path:
-    rec = out / "rec"
+def _recording(out: Path, frames: int, shape: str, seed: int, box: int) -> Path:
+    rec = out / f"rec-{shape}-{frames}-{seed}"
     if (rec / "recording.json").exists():
         return rec
     cfg = load_config(overrides={"acquisition.shape": shape, "simulate.frames": frames, "simulate.seed": seed,
-                                 "sample.diameter_nm": 1.5, "sample.etch_rate_atoms_s": 0.0, "frames.box_px": 96})
+                                 "sample.diameter_nm": 1.5, "sample.etch_rate_atoms_s": 0.0, "frames.box_px": box})
     simulate(cfg, rec)
     return rec
 
@@ -178,17 +178,23 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=1200, help="frames simulated (sent cyclically)")
     ap.add_argument("--every", type=float, default=10.0, help="metrics interval, s")
     ap.add_argument("--policy", default="block", choices=["block", "drop-oldest"])
+    ap.add_argument("--box", type=int, default=96, help="crop box, px (frames.box_px)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="more settings for btomo live (repeatable)")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("soak"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rec = _recording(args.out, args.frames, args.shape, args.seed)
+    rec = _recording(args.out, args.frames, args.shape, args.seed, args.box)
     run = args.out / "run"
     if run.exists():
         shutil.rmtree(run)
     address = free_tcp_address()
-    sets = {**LIVE_SETTINGS, "stream.metrics_every_s": args.every, "stream.queue_policy": args.policy,
-            "stream.side_channel": ""}
+    sets = {**LIVE_SETTINGS, "frames.box_px": args.box, "stream.metrics_every_s": args.every,
+            "stream.queue_policy": args.policy, "stream.side_channel": ""}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        sets[key] = value
     cmd = [sys.executable, "-m", "btomo.stream", "live", "--source", address, "--run-dir", str(run),
            "--no-dashboard", "--idle-timeout", "5"]
     for k, v in sets.items():
