@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import zmq
 
 from .messages import Frame, Malformed, SeriesEnd, SeriesStart
-from .signals import handling_stop_signals
+from .signals import first_stops_second_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,12 @@ class IngestCounters:
                 self.latency.add((now_ns - frame.acq_wall_ns) * 1e-9)
             if frame.received_ns:
                 self.queue_latency.add((now_ns - frame.received_ns) * 1e-9)
+
+    def latency_since(self, counts: list[int] | None) -> tuple[LatencyStats, list[int]]:
+        """The latencies recorded after ``counts`` (an earlier second return value; None: all),
+        and the histogram now, for the next call."""
+        with self._lock:
+            return self.latency.since(counts), self.latency.counts()
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy of every counter (the ``summary.json`` names where they exist)."""
@@ -793,17 +799,12 @@ class Ingest:
         """SIGINT / SIGTERM stop the receiver, so that the consumer drains what was accepted and
         finishes normally (``stop_reason`` "interrupted"); a second signal raises
         KeyboardInterrupt at once. Main thread only; elsewhere this does nothing."""
-        seen: list[int] = []
-
-        def handler(signum: int, frame: Any) -> None:
-            seen.append(signum)
-            if len(seen) > 1:
-                raise KeyboardInterrupt
+        def first(signum: int) -> None:
             log.warning("%s: stopping; writing everything accepted (send it again to stop at once)",
                         signal.Signals(signum).name)
             self.stop("interrupted")
 
-        with handling_stop_signals(handler):
+        with first_stops_second_interrupts(first):
             yield
 
     def __enter__(self) -> "Ingest":

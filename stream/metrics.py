@@ -86,9 +86,7 @@ class MetricsWriter:
         c = self.counters
         now = time.monotonic()
         snap = c.snapshot()
-        with c._lock:  # the histogram is updated under the counters' lock
-            lat = c.latency.since(self._latency)
-            self._latency = c.latency.counts()
+        lat, self._latency = c.latency_since(self._latency)
         interval = lat.summary()
         rate = (snap["frames_processed"] - self._prev_processed) / max(now - self._prev_t, 1e-9)
         self._prev_processed, self._prev_t = snap["frames_processed"], now

@@ -265,7 +265,7 @@ def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = N
     """Run the pipeline on every frame of a :class:`~btomo.stream.sources.FrameSource`
     (``stages`` and the stop signals as in :func:`run_live`: the first stops reading after the
     current frame, the second at once)."""
-    from .signals import handling_stop_signals  # noqa: PLC0415
+    from .signals import first_stops_second_interrupts  # noqa: PLC0415
 
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.acquisition.pixel_size_A = source.pixel_size_A
@@ -282,16 +282,14 @@ def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = N
     status = _Status(pipeline)
     signals: list[int] = []
 
-    def on_signal(signum: int, frame: Any) -> None:
+    def on_signal(signum: int) -> None:
         signals.append(signum)
-        if len(signals) > 1:
-            raise KeyboardInterrupt
         log.warning("%s: stopping after this frame; finishing what was read (send it again to stop at once)",
                     signal.Signals(signum).name)
 
     stop_reason, at_once = "end of source", False
     try:
-        with handling_stop_signals(on_signal):
+        with first_stops_second_interrupts(on_signal):
             for index, t_ns, data in source:
                 pipeline.process(Frame(source.series, index, t_ns, data, pixel_size_A=source.pixel_size_A,
                                        dose_e_per_A2=cfg.acquisition.dose_e_per_A2))

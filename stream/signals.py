@@ -10,7 +10,7 @@ import signal
 import threading
 from typing import Any, Callable, Iterator
 
-__all__ = ["handling_stop_signals"]
+__all__ = ["handling_stop_signals", "first_stops_second_interrupts"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -31,3 +31,19 @@ def handling_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[dict[
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def first_stops_second_interrupts(on_first: Callable[[int], None]) -> Iterator[None]:
+    """Inside the block, the first SIGINT / SIGTERM calls ``on_first(signum)`` (a clean stop);
+    any later one raises KeyboardInterrupt at once. Main thread only; elsewhere nothing."""
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        if len(seen) > 1:
+            raise KeyboardInterrupt
+        on_first(signum)
+
+    with handling_stop_signals(handler):
+        yield
