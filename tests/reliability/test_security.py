@@ -112,11 +112,13 @@ def test_series_ids_from_the_wire_never_become_file_names(tmp_path):
     sandbox = tmp_path / "sandbox"
     sandbox.mkdir()
     before = _files(tmp_path)
-    address = free_address()
     rec_dir, run_dir = sandbox / "rec", sandbox / "run"
     procs = []
     for args in (["record", str(rec_dir)], ["live", "--run-dir", str(run_dir), "--no-dashboard",
                                              "--set", "jobs.enabled=false"]):
+        # a fresh port for each receiver: zmq releases a closed socket's port asynchronously,
+        # so binding the first receiver's address again can fail with "Address already in use"
+        address = free_address()
         procs.append(subprocess.Popen([sys.executable, "-m", "btomo.stream", *args, "--source", address,
                                        "--idle-timeout", "1", "--set", "stream.side_channel="],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=sandbox))
