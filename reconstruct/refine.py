@@ -3,7 +3,11 @@
 ``reconstruct_images`` runs, on pre-processed crops (:mod:`~btomo.reconstruct.preprocess`):
 
 1. **Initial model**: a spherical FCC Pt particle of the measured diameter, its potential
-   (Kirkland) low-passed at the reconstruction's limit (:func:`~btomo.reconstruct.atoms.model_map`).
+   (Kirkland) low-passed at the reconstruction's limit (:func:`~btomo.reconstruct.atoms.model_map`),
+   or the simulated map of given atoms (``initial_atoms_A``: a known or earlier model, such as
+   the previous window's atoms). The spherical model is cubic: it cannot tell the 24
+   rotations of the cube apart, and at low dose the refinement started from it stays close to
+   the cube-symmetrised particle (docs/accuracy.md).
 2. Each round:
 
    a. **orientations** by projection matching against the reference
@@ -132,10 +136,31 @@ def select_significant(scores: np.ndarray, null: np.ndarray, fpr: float,
     return keep, thr
 
 
-def initial_model(diameter_A: float, box: int, voxel_A: float, lowpass_A: float) -> np.ndarray:
-    """A spherical FCC Pt particle of ``diameter_A``, its potential low-passed (paper, Methods)."""
-    atoms = fcc_cluster(diameter_A / 10.0, "sphere")
-    return model_map(atoms - atoms.mean(axis=0), box, voxel_A, lowpass_A)
+def initial_model(diameter_A: float, box: int, voxel_A: float, lowpass_A: float,
+                  atoms_A: np.ndarray | None = None) -> np.ndarray:
+    """A spherical FCC Pt particle of ``diameter_A``, its potential low-passed (paper, Methods);
+    with ``atoms_A`` ``(n, 3)`` (A), those atoms' instead, their centroid at the box centre (the
+    tracked centre of the crops).
+
+    Raises
+    ------
+    ValueError
+        ``atoms_A`` is not ``(n, 3)`` with ``n >= 4``, holds non-finite values, or does not fit
+        in the box.
+    """
+    if atoms_A is None:
+        atoms = fcc_cluster(diameter_A / 10.0, "sphere")
+    else:
+        atoms = np.asarray(atoms_A, dtype=np.float64)
+        if atoms.ndim != 2 or atoms.shape[1] != 3 or len(atoms) < 4 or not np.isfinite(atoms).all():
+            raise ValueError(f"expected an initial model of at least 4 finite atoms (n, 3) in A, got array of "
+                             f"shape {atoms.shape}")
+    atoms = atoms - atoms.mean(axis=0)
+    reach = float(np.linalg.norm(atoms, axis=1).max())
+    if atoms_A is not None and reach > 0.5 * box * voxel_A - 1.0:
+        raise ValueError(f"the initial model reaches {reach:.1f} A from its centroid: expected at most "
+                         f"{0.5 * box * voxel_A - 1.0:.1f} A to fit the box of {box} voxels of {voxel_A:.3f} A")
+    return model_map(atoms, box, voxel_A, lowpass_A)
 
 
 def _match_count(a: np.ndarray, b: np.ndarray, within_A: float = 1.0) -> tuple[int, float]:
@@ -150,7 +175,8 @@ def _match_count(a: np.ndarray, b: np.ndarray, within_A: float = 1.0) -> tuple[i
 
 
 def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
-                       on_round: Callable[[RoundLog], None] | None = None) -> Reconstruction:
+                       on_round: Callable[[RoundLog], None] | None = None,
+                       initial_atoms_A: np.ndarray | None = None) -> Reconstruction:
     """Run the refinement loop on pre-processed crops (see the module).
 
     Parameters
@@ -162,6 +188,9 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         ``numpy`` or ``cupy`` for the orientation search.
     on_round : callable, optional
         Called with each round's :class:`RoundLog` (progress).
+    initial_atoms_A : (n, 3) array, optional
+        Atoms (A) whose simulated map is the first reference, instead of the spherical FCC
+        particle (:func:`initial_model`).
     """
     cfg.validate()
     t_all = time.perf_counter()
@@ -174,7 +203,9 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     search = OrientationSearch(box, k_min, k_max, directions=cfg.directions, local_deg=cfg.local_search_deg,
                                peaks=cfg.peaks, xp=xp)
     max_shift = cfg.shift_px / prep.bin
-    ref = initial_model(prep.diameter_A, box, voxel, cfg.lowpass_A)
+    ref = initial_model(prep.diameter_A, box, voxel, cfg.lowpass_A, initial_atoms_A)
+    if initial_atoms_A is not None:
+        log.info("initial model: the given %d atoms (instead of a spherical FCC particle)", len(initial_atoms_A))
     mask = soft_disc(box, min(prep.mask_radius_px, box / 2 - 2), edge=max(2.0, 0.1 * box))
     ball = _ball(box, min(prep.mask_radius_px, box / 2 - 2), max(2.0, 0.1 * box))
     rng = np.random.default_rng(0)

@@ -160,9 +160,12 @@ def _report_png(res: Reconstruction, path: Path) -> None:
 
 def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | None = None,
                        cfg: ReconstructConfig | None = None, *, xp: Any = np,
-                       on_round: Callable[[RoundLog], None] | None = None) -> dict[str, Any]:
+                       on_round: Callable[[RoundLog], None] | None = None,
+                       initial_atoms_A: np.ndarray | None = None) -> dict[str, Any]:
     """Reconstruct window ``window`` of ``store`` into ``out_dir`` (default: the run's
-    ``recon/<window>``) and return the summary (see the module).
+    ``recon/<window>``) and return the summary (see the module). ``initial_atoms_A`` (n, 3), A:
+    start from these atoms' map instead of a spherical FCC particle
+    (:func:`~btomo.reconstruct.refine.initial_model`).
 
     Raises
     ------
@@ -185,7 +188,7 @@ def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | Non
     bad = int((~prep.finite).sum())
     if bad:
         log.warning("window %s: %d of %d crops hold NaN or infinite values and are left out", window, bad, w.n)
-    res = reconstruct_images(prep, cfg, xp=xp, on_round=on_round)
+    res = reconstruct_images(prep, cfg, xp=xp, on_round=on_round, initial_atoms_A=initial_atoms_A)
     last = res.rounds[-1]
     summary = {
         "window": window, "store": str(store), "out": str(out), "frames": w.n, "frames_used": int(prep.finite.sum()),
@@ -195,6 +198,7 @@ def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | Non
         "box": prep.box, "diameter_A": prep.diameter_A, "diameter_source": prep.diameter_source,
         "t_start_s": float(w.attrs["t_start_s"]), "t_end_s": float(w.attrs["t_end_s"]),
         "coverage": float(w.attrs["coverage"]), "atoms": len(res.atoms.positions_A),
+        "initial_model": "spherical FCC" if initial_atoms_A is None else f"{len(initial_atoms_A)} given atoms",
         "resolution_A": res.resolution_A, "mean_score": last.mean_score,
         "map_model_correlation": res.atoms.model_correlation,
         "rounds": [dataclasses.asdict(r) for r in res.rounds], "seconds": dict(res.seconds),

@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directions", type=int, help="projection directions searched (default 2500)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the orientation search runs (cuda needs CuPy: pip install 'btomo[gpu]')")
+    p.add_argument("--initial-model", type=Path, metavar="ATOMS",
+                   help="start from these atoms (XYZ/PDB/CIF, read with ASE; e.g. the previous window's atoms.xyz) "
+                   "instead of a spherical FCC particle")
     _common(p)
 
     p = sub.add_parser("analyze", help="structure and time-series analysis with tables and figures",
@@ -536,6 +539,17 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_atoms(path: Path) -> np.ndarray:
+    """Atom positions (n, 3), A, of an XYZ/PDB/CIF file (ASE), or a :class:`UserError` saying why not."""
+    from ase.io import read as ase_read  # noqa: PLC0415
+
+    try:
+        atoms = ase_read(path)
+    except Exception as exc:  # noqa: BLE001 - ASE raises many kinds for unreadable files
+        raise UserError(f"cannot read the initial model {path}: {type(exc).__name__}: {exc}") from None
+    return np.asarray(atoms.positions, dtype=np.float64)
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from btomo.reconstruct.run import reconstruct_window  # noqa: PLC0415
     from btomo.reconstruct.window import WindowError, split_window_path  # noqa: PLC0415
@@ -549,9 +563,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             xp = require_cupy()
         except RuntimeError as exc:
             raise UserError(str(exc)) from None
+    initial = None if args.initial_model is None else _read_atoms(args.initial_model)
     try:
         store, window = split_window_path(args.window)
-        s = reconstruct_window(store, window, args.out, cfg.reconstruct, xp=xp)
+        s = reconstruct_window(store, window, args.out, cfg.reconstruct, xp=xp, initial_atoms_A=initial)
     except (WindowError, ValueError) as exc:
         raise UserError(str(exc)) from None
     from rich.console import Console  # noqa: PLC0415

@@ -3,6 +3,7 @@ superposition, allowing inversion) and frame orientations (angular error).
 
     python tools/report_reconstruct.py OUT --frames N [--dose E] [--diameter NM] [--set K=V ...]
     python tools/report_reconstruct.py OUT --existing       # evaluate OUT's window and recon again
+    python tools/report_reconstruct.py OUT --existing --reconstruct-again --recon-dir recon_truth --initial-model truth
 
 Writes a simulated window of a static particle (``btomo.stream.simwindow``) under OUT, runs
 ``btomo reconstruct`` on it into OUT/recon, and prints the numbers for docs/accuracy.md (also as
@@ -60,7 +61,13 @@ def main() -> None:
     ap.add_argument("--rot-diffusion", type=float, default=0.0,
                     help="rad^2/s: orientations follow a Brownian rotation at 400 frames/s (0: drawn independently)")
     ap.add_argument("--existing", action="store_true", help="only evaluate what OUT holds")
+    ap.add_argument("--reconstruct-again", action="store_true",
+                    help="with --existing: reconstruct OUT's window again (into --recon-dir), then evaluate")
+    ap.add_argument("--recon-dir", default="recon", help="the reconstruction's folder under OUT (default recon)")
     ap.add_argument("--simulate-only", action="store_true", help="write the window and its truth, no reconstruction")
+    ap.add_argument("--initial-model", metavar="truth|ATOMS",
+                    help="first reference: the window's true atoms (a diagnostic: is the truth a fixed point of the "
+                    "refinement?) or an atoms file; default the spherical FCC particle")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -68,7 +75,7 @@ def main() -> None:
                  "frames.box_px": args.box}
     overrides.update(dict(s.split("=", 1) for s in args.set))
     cfg = load_config(overrides=overrides)
-    recon = args.out / "recon"
+    recon = args.out / args.recon_dir
     if not args.existing:
         t0 = time.perf_counter()
         sw = simulate_window(cfg, args.out, args.frames, seed=args.seed, shape=args.shape,
@@ -76,13 +83,21 @@ def main() -> None:
         print(f"simulated {args.frames} frames of {len(sw.atoms_A)} atoms in {time.perf_counter() - t0:.0f} s")
         if args.simulate_only:
             return
-        reconstruct_window(sw.store, sw.name, recon, cfg.reconstruct)
+    if not args.existing or args.reconstruct_again:
+        initial = None
+        if args.initial_model == "truth":
+            initial = read(args.out / "truth" / "atoms.xyz").positions
+        elif args.initial_model:
+            initial = read(args.initial_model).positions
+        reconstruct_window(args.out / "windows.zarr", "p0_w0000", recon, cfg.reconstruct, initial_atoms_A=initial)
     row = evaluate(args.out, recon)
     if not args.existing:
         row.update({"dose": args.dose, "diameter_nm": args.diameter, "shape": args.shape,
                     "removed_surface_atoms": args.remove_surface, "seed": args.seed,
                     "rot_diffusion_rad2_s": args.rot_diffusion})
-    (args.out / "accuracy.json").write_text(json.dumps(row, indent=2))
+    row["initial_model"] = args.initial_model or "spherical FCC"
+    name = "accuracy.json" if args.recon_dir == "recon" else f"accuracy_{args.recon_dir}.json"
+    (args.out / name).write_text(json.dumps(row, indent=2))
     print(json.dumps(row, indent=2))
 
 

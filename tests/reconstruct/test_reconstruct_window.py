@@ -112,3 +112,35 @@ def test_a_window_of_pure_noise_does_not_pass_for_the_particle(tmp_path):
     truth = fcc_cluster(1.6, "truncated_octahedron")
     score = superpose_atoms(found, truth)
     assert score.recall < 0.6 and score.precision < 0.6, score.as_dict()
+
+
+@pytest.mark.slow
+def test_a_given_initial_model_is_the_first_reference(window, tmp_path, capsys):
+    """``--initial-model ATOMS``: the true atoms as the first reference match the frames better
+    in round 1 than the spherical FCC particle does (the score would be the same if the option
+    were ignored); unreadable or oversized models are refused in one line."""
+    from ase import Atoms
+    from ase.io import write as ase_write
+
+    truth = tmp_path / "truth.xyz"
+    ase_write(truth, Atoms("Pt" * len(window.atoms_A), positions=window.atoms_A + 5.0), format="xyz")  # off-centre
+    common = ["--rounds", "1", "--directions", "600"]
+    assert main(["reconstruct", str(window.path), "--out", str(tmp_path / "s"), *common]) == 0
+    assert main(["reconstruct", str(window.path), "--out", str(tmp_path / "t"), *common,
+                 "--initial-model", str(truth)]) == 0
+    sphere, given = (json.loads((tmp_path / d / "reconstruction.json").read_text()) for d in ("s", "t"))
+    assert sphere["initial_model"] == "spherical FCC" and given["initial_model"] == f"{len(window.atoms_A)} given atoms"
+    first = given["rounds"][0]["mean_score"], sphere["rounds"][0]["mean_score"]
+    assert first[0] > 1.1 * first[1], first
+    capsys.readouterr()
+    (tmp_path / "junk.xyz").write_text("not\nan xyz file\n")
+    assert main(["reconstruct", str(window.path), "--out", str(tmp_path / "j"), "--initial-model",
+                 str(tmp_path / "junk.xyz")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the initial model" in err and err.count("\n") == 1
+    ase_write(tmp_path / "big.xyz", Atoms("Pt" * 4, positions=[[0, 0, 0], [60, 0, 0], [0, 60, 0], [0, 0, 60]]),
+              format="xyz")
+    assert main(["reconstruct", str(window.path), "--out", str(tmp_path / "b"), "--initial-model",
+                 str(tmp_path / "big.xyz")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the pre-processing's log line
+    assert "the initial model reaches" in last and "expected at most" in last, last
