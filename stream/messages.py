@@ -202,7 +202,7 @@ def check_shape(shape: Any, max_shape: tuple[int, int]) -> tuple[int, int]:
     rows, cols = int(shape[0]), int(shape[1])
     if rows > max_shape[0] or cols > max_shape[1]:
         raise Malformed("shape_too_large",
-                        f"expected at most {max_shape[0]}x{max_shape[1]} px, got {rows}x{cols}")
+                        f"expected at most {max_shape[0]}x{max_shape[1]} px, got {show(rows)}x{show(cols)}")
     return rows, cols
 
 

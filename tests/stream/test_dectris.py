@@ -245,3 +245,21 @@ def test_dectris_series_gaps_count_from_the_start_message():
     records, c = _run(cfg, msgs)
     assert c["frame_gaps"] == 2 and c["series_ended"] == 1
     assert c["messages_malformed"] == {"unknown_series": 1}
+
+
+def test_a_shape_of_thousands_of_digits_is_refused_as_too_large():
+    """Found by the fuzzer: a v2 series start whose image_size_x is a CBOR bignum of 10,000 digits
+    made the error message itself fail (Python refuses to print ints beyond 4300 digits)."""
+    import cbor2
+
+    from btomo.stream.dectris import Stream2Decoder
+    from btomo.stream.messages import check_shape
+
+    with pytest.raises(Malformed) as info:
+        check_shape([10**10_000, 5], (8192, 8192))
+    assert info.value.reason == "shape_too_large" and "integer of" in str(info.value)
+    msg = cbor2.dumps(cbor2.CBORTag(55799, {"type": "start", "series_id": 1, "series_unique_id": "x",
+                                            "image_size_x": 10**10_000, "image_size_y": 16}))
+    with pytest.raises(Malformed) as info:
+        Stream2Decoder(max_shape=(8192, 8192)).decode([msg])
+    assert info.value.reason == "shape_too_large"
