@@ -28,7 +28,7 @@ from btomo.kernels.harmonics import spherical_harmonics, wigner_3j_table
 log = logging.getLogger(__name__)
 
 __all__ = ["check_positions", "neighbour_bonds", "BondOrder", "RadialDistribution", "LocalGeometry",
-           "fit_fcc_lattice", "equal_volume_diameter_A"]
+           "fit_fcc_lattice", "nearest_fcc_sites", "equal_volume_diameter_A"]
 
 
 def check_positions(positions, what: str = "positions") -> np.ndarray:
@@ -270,7 +270,7 @@ def equal_volume_diameter_A(n_atoms: int, lattice_A: float = PT_LATTICE_A) -> fl
     return (6.0 * n_atoms * FCC_VOLUME_PER_ATOM(lattice_A) / math.pi) ** (1.0 / 3.0)
 
 
-def _nearest_fcc(frac: np.ndarray) -> np.ndarray:
+def nearest_fcc_sites(frac: np.ndarray) -> np.ndarray:
     """Nearest FCC site in cubic-cell units (a = 1) for each row of ``frac``: the D3 lattice
     (integer coordinates with an even sum) scaled by 1/2 (Conway & Sloane's rounding rule)."""
     x = 2.0 * frac
@@ -348,13 +348,13 @@ def fit_fcc_lattice(positions, lattice_A: float = PT_LATTICE_A, cutoff_A: float 
     origin = p[np.argmin(np.linalg.norm(p - centre, axis=1))]
     for _ in range(iterations):
         frac = (p - origin) @ rot / lattice_A
-        sites = _nearest_fcc(frac) * lattice_A
+        sites = nearest_fcc_sites(frac) * lattice_A
         # least squares: p ~ origin + sites R^T
         mp, ms = p.mean(axis=0), sites.mean(axis=0)
         rot = _kabsch(sites - ms, p - mp)
         origin = mp - ms @ rot.T
     frac = (p - origin) @ rot / lattice_A
-    sites = origin + (_nearest_fcc(frac) * lattice_A) @ rot.T
+    sites = origin + (nearest_fcc_sites(frac) * lattice_A) @ rot.T
     return rot, origin, sites
 
 

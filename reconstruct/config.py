@@ -46,6 +46,13 @@ class ReconstructConfig:
     min_frames : int
         Fewest frames a map is made of: when fewer pass the test, the most significant ones are
         taken (and a warning logged).
+    occupancy_rounds : int
+        Rounds, counted from the first and never the last, after which the next reference is
+        the lattice occupancy of largest marginal likelihood over the cube's 24 mates
+        (:mod:`btomo.reconstruct.occupancy`) instead of the map's atoms: a way to break the
+        symmetry of the spherical initial model. 0 (the default) turns it off: it raises
+        recall on a crystal without symmetry at the paper's dose, but not yet precision
+        (docs/accuracy.md), so it is opt-in (try 4 with 5 rounds).
     """
 
     lowpass_A: float = 1.5
@@ -60,6 +67,7 @@ class ReconstructConfig:
     frame_fpr: float = 0.05
     null_images: int = 256
     min_frames: int = 20
+    occupancy_rounds: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line reason for an invalid value."""
@@ -86,6 +94,8 @@ class ReconstructConfig:
             raise ValueError(f"reconstruct.null_images must be >= 20, got {self.null_images}")
         if self.min_frames < 2:
             raise ValueError(f"reconstruct.min_frames must be >= 2, got {self.min_frames}")
+        if self.occupancy_rounds < 0:
+            raise ValueError(f"reconstruct.occupancy_rounds must be >= 0, got {self.occupancy_rounds}")
         if self.atom_min_separation_A <= 0:
             raise ValueError(
                 f"reconstruct.atom_min_separation_A must be > 0 A, got {self.atom_min_separation_A}"

@@ -46,6 +46,7 @@ from btomo.kernels.rotation import quat_from_matrix
 from .atoms import AtomResult, find_atoms, model_map
 from .config import ReconstructConfig
 from .insertion import FourierInserter, fsc, fsc_resolution
+from .occupancy import lattice_occupancy
 from .preprocess import Prepared, soft_disc
 from .projection import Projector
 from .search import OrientationSearch, _to_harmonics, angle_between, image_polar_samples, shift_trials
@@ -265,8 +266,18 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         if len(atoms.positions_A) == 0:
             log.warning("round %d found no atoms: the map is kept as the next reference", r)
             ref = vol
-        else:
-            ref = model_map(atoms.positions_A, box, voxel, cfg.lowpass_A)
+            continue
+        model = atoms.positions_A
+        if r <= cfg.occupancy_rounds and r < cfg.rounds:
+            t4 = time.perf_counter()
+            occ = lattice_occupancy(images[chosen], rot[chosen], shifts[chosen], model, voxel, k_min=k_min,
+                                    k_max=k_max, max_radius_A=prep.mask_radius_px * voxel)
+            seconds["occupancy"] = seconds.get("occupancy", 0.0) + time.perf_counter() - t4
+            if occ.changed:
+                model = occ.positions_A
+            else:
+                log.info("round %d: lattice occupancy skipped (%s)", r, occ.reason)
+        ref = model_map(model, box, voxel, cfg.lowpass_A)
     assert result is not None
     result.rounds = rounds
     result.prepared = prep
