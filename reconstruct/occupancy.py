@@ -51,10 +51,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import map_coordinates
 from scipy.spatial import cKDTree
+from scipy.special import logsumexp
 
-from btomo.analysis.structure import fit_fcc_lattice, nearest_fcc_sites
+from btomo.analysis.structure import fit_fcc_lattice, nearest_fcc_sites, neighbour_bonds
 from btomo.kernels.coverage import cubic_rotations
-from btomo.kernels.crystal import PT_LATTICE_A
+from btomo.kernels.crystal import PT_LATTICE_A, PT_NEIGHBOUR_CUTOFF_A, fcc_points
 from btomo.kernels.potential import scattering_factor
 
 log = logging.getLogger(__name__)
@@ -148,15 +149,11 @@ def lattice_candidates(atoms_A: np.ndarray, shell_A: float, max_radius_A: float,
     centroid = atoms_A.mean(axis=0)
     centre = origin + (nearest_fcc_sites(((centroid - origin) @ rot / lattice_A)[None])[0] * lattice_A) @ rot.T
     # the reach of the atoms bonded to at least 3 others (a stray atom does not widen the lattice)
-    bonded = np.array([len(x) >= 4 for x in cKDTree(atoms_A).query_ball_point(atoms_A, 0.5 * (2.772 + lattice_A))])
+    i, _ = neighbour_bonds(atoms_A, PT_NEIGHBOUR_CUTOFF_A)
+    bonded = np.bincount(i, minlength=len(atoms_A)) >= 3
     body = atoms_A[bonded] if bonded.sum() >= 4 else atoms_A
     radius = min(float(np.linalg.norm(body - centre, axis=1).max()) + shell_A, max_radius_A)
-    m = int(math.ceil(2.0 * radius / lattice_A)) + 1
-    g = np.arange(-m, m + 1)
-    ijk = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
-    ijk = ijk[ijk.sum(axis=1) % 2 == 0]
-    sites = centre + (ijk * (lattice_A / 2.0)) @ rot.T
-    sites = sites[np.linalg.norm(sites - centre, axis=1) <= radius + 1e-6]
+    sites = centre + fcc_points(radius, lattice_A) @ rot.T
     cube = np.einsum("ab,gbc,dc->gad", rot, cubic_rotations(), rot)
     tree = cKDTree(sites)
     perm = np.stack([tree.query((sites - centre) @ c.T + centre)[1] for c in cube])
@@ -182,8 +179,7 @@ def site_responses(filtered: np.ndarray, rotations: np.ndarray, shifts_px: np.nd
 
 
 def _logmeanexp(a: np.ndarray, axis: int) -> np.ndarray:
-    top = a.max(axis=axis, keepdims=True)
-    return (np.log(np.exp(a - top).mean(axis=axis, keepdims=True)) + top).squeeze(axis)
+    return logsumexp(a, axis=axis) - math.log(a.shape[axis])
 
 
 def lattice_occupancy(images: np.ndarray, rotations: np.ndarray, shifts_px: np.ndarray, atoms_A: np.ndarray,
@@ -224,6 +220,10 @@ def lattice_occupancy(images: np.ndarray, rotations: np.ndarray, shifts_px: np.n
     t0 = time.perf_counter()
     atoms_A = np.asarray(atoms_A, dtype=np.float64)
     n = len(images)
+    if (np.ndim(images) != 3 or np.shape(rotations) != (n, 3, 3) or np.shape(shifts_px) != (n, 2)
+            or atoms_A.ndim != 2 or atoms_A.shape[1] != 3):
+        raise ValueError(f"expected images (n, b, b), rotations (n, 3, 3), shifts (n, 2) and atoms (m, 3), got "
+                         f"{np.shape(images)}, {np.shape(rotations)}, {np.shape(shifts_px)} and {atoms_A.shape}")
     if len(atoms_A) < 13:
         return OccupancyResult(atoms_A, False, f"{len(atoms_A)} atoms: too few to fit a lattice")
     if n < 2:
@@ -233,8 +233,9 @@ def lattice_occupancy(images: np.ndarray, rotations: np.ndarray, shifts_px: np.n
     except ValueError as exc:
         return OccupancyResult(atoms_A, False, f"no lattice fits the atoms ({exc})")
     dist, near = cKDTree(sites).query(atoms_A)
+    on_site = dist <= 0.5 * lattice_A / math.sqrt(2.0)
     start = np.zeros(len(sites), dtype=bool)
-    start[near[dist <= 0.5 * lattice_A / math.sqrt(2.0)]] = True
+    start[near[on_site]] = True
     filtered = matched_filter(images, voxel_A, k_min, k_max)
     mates = np.einsum("gab,sb->gsa", cube, sites - centre) + centre  # (24, m, 3)
     c = site_responses(filtered, rotations, shifts_px, mates, voxel_A)  # (n, 24, m)
@@ -261,9 +262,8 @@ def lattice_occupancy(images: np.ndarray, rotations: np.ndarray, shifts_px: np.n
 
     # flips change the surface only: a site leaves when it has fewer than 12 occupied neighbours,
     # joins when it has at least ``min_bonds`` (no holes inside, no atoms floating outside)
-    bonds = cKDTree(sites).query_pairs(0.5 * (lattice_A / math.sqrt(2.0) + lattice_A), output_type="ndarray")
     adjacency = np.zeros((len(sites), len(sites)), dtype=np.float32)
-    adjacency[bonds[:, 0], bonds[:, 1]] = adjacency[bonds[:, 1], bonds[:, 0]] = 1.0
+    adjacency[neighbour_bonds(sites, PT_NEIGHBOUR_CUTOFF_A * lattice_A / PT_LATTICE_A)] = 1.0
     occ = start.copy()
     j_start, lg = objective(occ)
     j = j_start
@@ -295,12 +295,9 @@ def lattice_occupancy(images: np.ndarray, rotations: np.ndarray, shifts_px: np.n
     post = np.exp(lg - lg.max(axis=1, keepdims=True))
     certainty = float((post.max(axis=1) / post.sum(axis=1)).mean())
     # the sites the input atoms occupy keep their refined positions
-    positions = sites[occ].copy()
-    keep_idx = np.flatnonzero(occ)
-    atom_of = {int(s): k for k, s in enumerate(near) if dist[k] <= 0.5 * lattice_A / math.sqrt(2.0)}
-    for row, s in enumerate(keep_idx):
-        if int(s) in atom_of:
-            positions[row] = atoms_A[atom_of[int(s)]]
+    placed = sites.copy()
+    placed[near[on_site]] = atoms_A[on_site]
+    positions = placed[occ]
     res = OccupancyResult(positions, True, "", len(sites), int(start.sum()), int((occ & ~start).sum()),
                           int((start & ~occ).sum()), sweeps, j - j_start, snr, certainty, n,
                           time.perf_counter() - t0)
