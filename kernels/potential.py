@@ -136,6 +136,20 @@ def _form_factor(shape: tuple[int, int], pixel_size_A: float, element: str, b_fa
     return out
 
 
+@lru_cache(maxsize=8)
+def _volume_factor(box: int, voxel_A: float, element: str, b_factor_A2: float, lowpass_A: float) -> np.ndarray:
+    """``K f(|k|) exp(-B |k|^2 / 4)`` on the 3D ``fftn`` grid, times the soft low-pass when
+    ``lowpass_A`` > 0 (float64, cached and read-only: the refinement renders many models on one grid)."""
+    k = np.fft.fftfreq(box, d=voxel_A)
+    q = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    out = POTENTIAL_CONSTANT * scattering_factor(q, element) * np.exp(-b_factor_A2 * q * q / 4.0)
+    if lowpass_A > 0:
+        kc = 1.0 / lowpass_A
+        out = out * 0.5 * (1.0 - np.tanh((q - kc) / (0.05 * kc)))
+    out.flags.writeable = False
+    return out
+
+
 def potential_volume(positions_xyz_A, box: int, voxel_A: float, *, element: str = "Pt", b_factor_A2: float = 0.5,
                      lowpass_A: float | None = None):
     """The 3D electrostatic potential (V) of atoms on a cubic grid, rendered exactly in Fourier space.
@@ -168,13 +182,11 @@ def potential_volume(positions_xyz_A, box: int, voxel_A: float, *, element: str 
     fft = fft_module(xp)
     pos = xp.asarray(positions_xyz_A, dtype=xp.float64).reshape(-1, 3)
     k = xp.fft.fftfreq(box, d=voxel_A)  # 1/A
-    # separable phases: sum_j ex[j, x] ey[j, y] ez[j, z]
+    # separable phases: sum_j ez[j, z] (ey[j, y] ex[j, x]), one matrix product (BLAS) over atoms
     ph = [xp.exp(-2j * math.pi * pos[:, a, None] * k[None, :]) for a in range(3)]
-    sf = xp.einsum("jz,jy,jx->zyx", ph[2], ph[1], ph[0], optimize=True)
-    q = xp.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
-    vk = POTENTIAL_CONSTANT * scattering_factor(q, element) * xp.exp(-b_factor_A2 * q * q / 4.0) * sf
-    if lowpass_A:
-        kc = 1.0 / lowpass_A
-        vk = vk * 0.5 * (1.0 - xp.tanh((q - kc) / (0.05 * kc)))
+    eyx = (ph[1][:, :, None] * ph[0][:, None, :]).reshape(len(pos), box * box)
+    sf = (ph[2].T @ eyx).reshape(box, box, box)
+    factor = _volume_factor(int(box), float(voxel_A), element, float(b_factor_A2), float(lowpass_A or 0.0))
+    vk = sf * (factor if xp is np else xp.asarray(factor))
     vol = fft.ifftn(vk).real / voxel_A**3
     return xp.fft.fftshift(vol)

@@ -41,6 +41,9 @@ __all__ = ["PolarGrid", "direction_rotations", "rot_z", "image_polar", "image_po
            "reference_polar", "SearchResult", "OrientationSearch", "angle_between"]
 
 
+LOCAL_BATCH = 8  # images per local-pass step: their (angles, candidates, shifts) scores stay ~50 MB
+
+
 def rot_z(psi):
     """Rotations ``(n, 3, 3)`` by angles ``psi`` (rad) about lab z."""
     psi = np.asarray(psi, dtype=np.float64)
@@ -256,6 +259,31 @@ class OrientationSearch:
             self.neighbours[i, :len(v)] = v
         self.weights = xp.ones(len(self.grid.radii), dtype=xp.float32)
         self.flops = 0.0  # complex multiply-adds x 8 of the matrix products (benchmarks)
+        # central sections of the last reference, kept for the next search against it (the
+        # significance test searches the null images against the same reference)
+        self._proj: Projector | None = None
+        self._coarse = None
+        self._fine = None
+        self._have = np.zeros(len(self.fine_dirs), dtype=bool)
+
+    def _sections(self, proj: Projector, fine: np.ndarray | None = None):
+        """Harmonics of ``proj``'s central sections: the coarse directions', or those of the fine
+        directions ``fine`` (indices); each is computed once per reference."""
+        xp = self.xp
+        if proj is not self._proj:
+            self._proj, self._coarse, self._fine = proj, None, None
+            self._have[:] = False
+        if fine is None:
+            if self._coarse is None:
+                self._coarse = reference_polar(proj, self.coarse_rot, self.grid)
+            return self._coarse
+        if self._fine is None:
+            self._fine = xp.empty((len(self.fine_dirs), len(self.grid.radii), self.grid.harmonics), dtype=xp.complex64)
+        todo = fine[~self._have[fine]]
+        if len(todo):
+            self._fine[xp.asarray(todo)] = reference_polar(proj, self.fine_rot[todo], self.grid)
+            self._have[todo] = True
+        return self._fine[xp.asarray(fine)]
 
     def search(self, images_q, reference, batch: int = 32, *, samples=None, trials=None) -> SearchResult:
         """Best orientation of each image (harmonics from :func:`image_polar`) against
@@ -276,7 +304,7 @@ class OrientationSearch:
         xp = self.xp
         proj = reference if isinstance(reference, Projector) else Projector(xp.asarray(reference))
         white = (1.0 / xp.sqrt(xp.maximum(_ring_power(images_q, xp), 1e-30))).astype(xp.float32)
-        ref_c = reference_polar(proj, self.coarse_rot, self.grid) * white[None, :, None]
+        ref_c = self._sections(proj) * white[None, :, None]
         w = self.weights
         nc_c = _norms(ref_c, w, xp)
         ref_cm = xp.ascontiguousarray(xp.conj(ref_c * w[None, :, None]).transpose(2, 1, 0))  # (M, R, d)
@@ -296,17 +324,19 @@ class OrientationSearch:
         needed = np.unique(cand)
         slot = np.full(len(self.fine_dirs), -1, dtype=np.int64)
         slot[needed] = np.arange(len(needed))
-        ref_f = reference_polar(proj, self.fine_rot[needed], self.grid) * white[None, :, None]
+        ref_f = self._sections(proj, needed) * white[None, :, None]
         nc_f = _norms(ref_f, w, xp)
-        ref_f = xp.conj(ref_f * w[None, :, None])
+        # conjugated, weighted, divided by their norms, as (d, M, R): a gather of candidates is
+        # then a stack of (C, R) matrices with unit stride, ready for BLAS
+        ref_f = xp.ascontiguousarray((xp.conj(ref_f * w[None, :, None]) / nc_f[:, None, None]).transpose(0, 2, 1))
         best_dir = np.empty(n, dtype=np.int64)
         best_psi = np.empty(n)
         best_score = np.empty(n)
         best_trial = np.zeros(n, dtype=np.int64)
         pts = xp.asarray(self.grid.points)
         phase = None if trials is None else _shift_phase(xp.asarray(trials, dtype=xp.float64), pts, xp)  # (T, RA)
-        for i in range(0, n, batch):
-            q = xp.asarray(images_q[i:i + batch]) * white[None, :, None]
+        for i in range(0, n, LOCAL_BATCH):
+            q = xp.asarray(images_q[i:i + LOCAL_BATCH]) * white[None, :, None]
             nb = q.shape[0]
             ni = _norms(q, w, xp)
             if phase is None:
@@ -317,19 +347,20 @@ class OrientationSearch:
                 qt = qt * white[None, None, :, None]
             cb = cand[i:i + nb]
             cx = xp.asarray(slot[cb])
-            # (nb, M, T, R) @ (nb, M, R, C): a batched product per image and harmonic
-            refs = ref_f[cx].transpose(0, 3, 2, 1)  # (nb, M, R, C)
-            c2 = xp.matmul(xp.ascontiguousarray(qt.transpose(0, 3, 1, 2)), refs)  # (nb, M, T, C)
+            # (nb, M, C, R) @ (nb, M, R, T): a batched product per image and harmonic
+            refs = ref_f[cx].transpose(0, 2, 1, 3)  # (nb, M, C, R)
+            c2 = xp.matmul(refs, xp.ascontiguousarray(qt.transpose(0, 3, 2, 1)))  # (nb, M, C, T)
             self.flops += 8.0 * c2.size * q.shape[1]
-            cc2 = xp.fft.irfft(c2.transpose(0, 2, 3, 1), n=a, axis=3) * a  # (nb, T, C, A)
-            cc2 = cc2 / (ni[:, None, None, None] * nc_f[cx][:, None, :, None])
+            cc2 = xp.fft.irfft(c2, n=a, axis=1)  # (nb, A, C, T), times 1 / a; the image's norm is common
             flat = xp.argmax(cc2.reshape(nb, -1), axis=1)
-            ti, rest = flat // (cc2.shape[2] * a), flat % (cc2.shape[2] * a)
-            ci, k = rest // a, rest % a
+            ct = cc2.shape[2] * cc2.shape[3]
+            k, rest = flat // ct, flat % ct
+            ci, ti = rest // cc2.shape[3], rest % cc2.shape[3]
             rows = xp.arange(nb)
-            s0 = cc2[rows, ti, ci, k]
-            sm = cc2[rows, ti, ci, (k - 1) % a]
-            sp = cc2[rows, ti, ci, (k + 1) % a]
+            scale = a / ni
+            s0 = cc2[rows, k, ci, ti] * scale
+            sm = cc2[rows, (k - 1) % a, ci, ti] * scale
+            sp = cc2[rows, (k + 1) % a, ci, ti] * scale
             den = sm - 2 * s0 + sp
             frac = xp.where(den < 0, 0.5 * (sm - sp) / xp.where(den < 0, den, -1.0), 0.0)
             frac = xp.clip(frac, -0.5, 0.5)

@@ -61,3 +61,10 @@ def test_bad_input_is_refused():
         ins.reconstruct()
     with pytest.raises(ValueError, match="box must be even"):
         FourierInserter(15)
+
+
+@pytest.mark.parametrize("width", [2, 3, 4])
+def test_tabulated_kernel_equals_the_kaiser_bessel_window(width):
+    ins = FourierInserter(16, kernel_width=width)
+    d = np.r_[np.random.default_rng(0).uniform(-width / 2 - 0.5, width / 2 + 0.5, 20000), -width / 2, width / 2, 0.0]
+    np.testing.assert_allclose(ins._kernel(d), kaiser_bessel(d, width, ins.beta), atol=1e-6)

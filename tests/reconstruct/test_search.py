@@ -125,3 +125,24 @@ def test_frames_pass_the_significance_test_by_the_null_quantile():
     # fpr 1 keeps every frame
     keep, thr = select_significant(np.array([0.1, 0.2]), null, 1.0, 2)
     assert keep.all() and thr == -np.inf
+
+
+def test_search_reuses_a_references_sections_and_never_a_stale_one():
+    """The significance test searches twice against one reference: the sections are computed once;
+    a new reference (a new Projector) is never matched against the last one's sections."""
+    atoms = _cluster()
+    rng = np.random.default_rng(7)
+    rots = quat_to_matrix(random_quaternion(rng, 12))
+    q = image_polar(gaussian_atoms_projections(atoms, rots), PolarGrid.for_band(GAUSS_BOX, 0.03, 0.45))
+    right, wrong = Projector(gaussian_atoms_volume(atoms)), Projector(gaussian_atoms_volume(_cluster(seed=9)))
+    s = OrientationSearch(GAUSS_BOX, 0.03, 0.45, directions=300, local_deg=10)
+    first = s.search(q, right)
+    coarse = s._coarse
+    again = s.search(q, right)
+    assert s._coarse is coarse  # reused
+    np.testing.assert_array_equal(again.rotations, first.rotations)
+    after = s.search(q, wrong)
+    fresh = OrientationSearch(GAUSS_BOX, 0.03, 0.45, directions=300, local_deg=10).search(q, wrong)
+    np.testing.assert_array_equal(after.rotations, fresh.rotations)
+    np.testing.assert_array_equal(after.score, fresh.score)
+    assert np.median(angle_between(after.rotations, rots)) > 20.0
