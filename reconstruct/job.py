@@ -7,6 +7,18 @@ orientations, FSC, report) into the window's output directory (``recon/<window>/
 torn, too few usable frames, crops too small for the particle) raises with the reason, and the
 job fails with it; no map is ever written that was not computed.
 
+**Seeding.** A job may be given the output directories of the same particle's earlier windows
+(``seed_dirs``, most recent first). It starts from the atoms of the first of them whose
+reconstruction is done and good (:func:`choose_seed`: FSC 0.143 at ``seed_max_resolution_A`` or
+better, at least ``seed_min_in_map`` of its frames significant) instead of the spherical FCC
+model, and says which in ``job.json`` (``initial_model``, ``seed_reason``). Started from the
+right atoms, the refinement keeps them at the paper's dose (docs/accuracy.md: 0.98 / 0.97 on the
+truncated octahedron, 0.955 / 0.958 on an irregular crystal), while from the cubic spherical
+model it settles on the cube-symmetrised particle; a seeded window is also reconstructed in its
+seed's frame, so consecutive maps of a particle need no superposition to compare. A seed that
+is not done when the job starts (jobs run in parallel), failed, is poor or does not fit the box
+is passed over, with the reason.
+
 The job reports ``running`` when it starts through the Dask event log (topic
 :data:`EVENT_TOPIC`), so the live pipeline can tell a queued job from a running one.
 """
@@ -22,7 +34,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENT_TOPIC", "run_window_job"]
+__all__ = ["EVENT_TOPIC", "choose_seed", "run_window_job"]
 
 #: Dask event-log topic of job state changes (``{"window": ..., "state": "running", ...}``)
 EVENT_TOPIC = "btomo-jobs"
@@ -51,8 +63,50 @@ def lower_priority(nice: int) -> None:
         log.debug("niceness %d not set: %s", nice, exc)
 
 
+def choose_seed(seed_dirs: list[str], max_resolution_A: float, min_in_map: float) -> tuple[Any, str, str]:
+    """The atoms of the first good reconstruction among ``seed_dirs`` (see the module).
+
+    Returns
+    -------
+    atoms : (n, 3) array or None
+        A; None when no directory qualifies.
+    label : str
+        ``"window W (N atoms)"`` or ``"spherical FCC"``.
+    reason : str
+        Why each directory passed over was passed over (``"; "``-joined), or ``""``.
+    """
+    import math  # noqa: PLC0415
+
+    from ase.io import read as ase_read  # noqa: PLC0415
+
+    why = []
+    for d in seed_dirs:
+        path = Path(d)
+        try:
+            rec = json.loads((path / "job.json").read_text())
+        except (OSError, ValueError):
+            why.append(f"{path.name}: not done")
+            continue
+        res = rec.get("resolution_A")
+        used, in_map = rec.get("frames_used") or 0, rec.get("frames_in_map") or 0
+        if not (isinstance(res, (int, float)) and math.isfinite(res) and res <= max_resolution_A):
+            why.append(f"{path.name}: FSC 0.143 at {res} A, expected <= {max_resolution_A} A")
+            continue
+        if used <= 0 or in_map / used < min_in_map:
+            why.append(f"{path.name}: {in_map} of {used} frames significant, expected >= {min_in_map:.0%}")
+            continue
+        try:
+            atoms = ase_read(path / "atoms.xyz").positions
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a reason, never a failed job
+            why.append(f"{path.name}: atoms.xyz unreadable ({type(exc).__name__})")
+            continue
+        return atoms, f"window {rec.get('window', path.name)} ({len(atoms)} atoms)", "; ".join(why)
+    return None, "spherical FCC", "; ".join(why)
+
+
 def run_window_job(store: str, window: str, out_dir: str, settings: dict[str, Any] | None = None, *,
-                   nice: int = 0) -> dict[str, Any]:
+                   nice: int = 0, seed_dirs: list[str] | None = None, seed_max_resolution_A: float = 2.5,
+                   seed_min_in_map: float = 0.25) -> dict[str, Any]:
     """Reconstruct window ``window`` of ``store`` into ``out_dir`` (see the module).
 
     Parameters
@@ -69,6 +123,12 @@ def run_window_job(store: str, window: str, out_dir: str, settings: dict[str, An
     nice : int
         Niceness the worker process takes before it starts (``jobs.worker_nice``; 0 = unchanged):
         the reconstruction yields the CPU to the live path on the same machine.
+    seed_dirs : list of str, optional
+        Output directories of the particle's earlier windows, most recent first (see the module).
+    seed_max_resolution_A : float
+        Poorest FSC 0.143 resolution of a seed, A.
+    seed_min_in_map : float
+        Smallest fraction of a seed's usable frames that were significant.
 
     Returns
     -------
@@ -90,12 +150,23 @@ def run_window_job(store: str, window: str, out_dir: str, settings: dict[str, An
     if nice:
         lower_priority(nice)
     _event({"window": window, "state": "running", "pid": os.getpid()})
+    from .refine import InitialModelError  # noqa: PLC0415
+
     cfg = ReconstructConfig(**(settings or {}))
     out = Path(out_dir)
-    s = reconstruct_window(store, window, out, cfg)
+    seed, label, reason = choose_seed(list(seed_dirs or []), seed_max_resolution_A, seed_min_in_map)
+    try:
+        s = reconstruct_window(store, window, out, cfg, initial_atoms_A=seed, initial_label=label)
+    except InitialModelError as exc:  # a seed too large for this window's box: start as if there were none
+        reason = "; ".join(filter(None, [reason, f"{label}: {exc}"]))
+        log.warning("window %s: seed %s not used (%s)", window, label, exc)
+        s = reconstruct_window(store, window, out, cfg)
+    if reason:
+        log.info("window %s: initial model %s (passed over: %s)", window, s["initial_model"], reason)
     record: dict[str, Any] = {
         **{k: s[k] for k in ("window", "store", "frames", "frames_used", "frames_in_map", "box_px", "pixel_size_A",
-                             "t_start_s", "t_end_s", "coverage")},
+                             "t_start_s", "t_end_s", "coverage", "initial_model")},
+        "seed_reason": reason,
         "reconstruction": "done", "map": str(out / "map.mrc"), "atoms": s["atoms"],
         "resolution_A": s["resolution_A"], "map_model_correlation": s["map_model_correlation"],
     }

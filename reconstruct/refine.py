@@ -55,8 +55,12 @@ log = logging.getLogger(__name__)
 
 SHIFT_STEP_PX = 0.5  # the shift trials' spacing, voxels: at most a quarter voxel off
 
-__all__ = ["RoundLog", "Reconstruction", "shift_images", "initial_model", "phase_randomised",
+__all__ = ["RoundLog", "Reconstruction", "InitialModelError", "shift_images", "initial_model", "phase_randomised",
            "select_significant", "reconstruct_images"]
+
+
+class InitialModelError(ValueError):
+    """Given initial atoms that cannot be a first reference (too few, not finite, too large for the box)."""
 
 
 @dataclass
@@ -145,21 +149,21 @@ def initial_model(diameter_A: float, box: int, voxel_A: float, lowpass_A: float,
 
     Raises
     ------
-    ValueError
+    InitialModelError
         ``atoms_A`` is not ``(n, 3)`` with ``n >= 4``, holds non-finite values, or does not fit
-        in the box.
+        in the box (a ``ValueError``).
     """
     if atoms_A is None:
         atoms = fcc_cluster(diameter_A / 10.0, "sphere")
     else:
         atoms = np.asarray(atoms_A, dtype=np.float64)
         if atoms.ndim != 2 or atoms.shape[1] != 3 or len(atoms) < 4 or not np.isfinite(atoms).all():
-            raise ValueError(f"expected an initial model of at least 4 finite atoms (n, 3) in A, got array of "
+            raise InitialModelError(f"expected an initial model of at least 4 finite atoms (n, 3) in A, got array of "
                              f"shape {atoms.shape}")
     atoms = atoms - atoms.mean(axis=0)
     reach = float(np.linalg.norm(atoms, axis=1).max())
     if atoms_A is not None and reach > 0.5 * box * voxel_A - 1.0:
-        raise ValueError(f"the initial model reaches {reach:.1f} A from its centroid: expected at most "
+        raise InitialModelError(f"the initial model reaches {reach:.1f} A from its centroid: expected at most "
                          f"{0.5 * box * voxel_A - 1.0:.1f} A to fit the box of {box} voxels of {voxel_A:.3f} A")
     return model_map(atoms, box, voxel_A, lowpass_A)
 

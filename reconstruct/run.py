@@ -161,11 +161,12 @@ def _report_png(res: Reconstruction, path: Path) -> None:
 def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | None = None,
                        cfg: ReconstructConfig | None = None, *, xp: Any = np,
                        on_round: Callable[[RoundLog], None] | None = None,
-                       initial_atoms_A: np.ndarray | None = None) -> dict[str, Any]:
+                       initial_atoms_A: np.ndarray | None = None, initial_label: str | None = None) -> dict[str, Any]:
     """Reconstruct window ``window`` of ``store`` into ``out_dir`` (default: the run's
     ``recon/<window>``) and return the summary (see the module). ``initial_atoms_A`` (n, 3), A:
     start from these atoms' map instead of a spherical FCC particle
-    (:func:`~btomo.reconstruct.refine.initial_model`).
+    (:func:`~btomo.reconstruct.refine.initial_model`); ``initial_label`` says where they come from
+    in ``reconstruction.json`` (default: "N given atoms").
 
     Raises
     ------
@@ -198,7 +199,8 @@ def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | Non
         "box": prep.box, "diameter_A": prep.diameter_A, "diameter_source": prep.diameter_source,
         "t_start_s": float(w.attrs["t_start_s"]), "t_end_s": float(w.attrs["t_end_s"]),
         "coverage": float(w.attrs["coverage"]), "atoms": len(res.atoms.positions_A),
-        "initial_model": "spherical FCC" if initial_atoms_A is None else f"{len(initial_atoms_A)} given atoms",
+        "initial_model": "spherical FCC" if initial_atoms_A is None else (initial_label
+                                                                          or f"{len(initial_atoms_A)} given atoms"),
         "resolution_A": res.resolution_A, "mean_score": last.mean_score,
         "map_model_correlation": res.atoms.model_correlation,
         "rounds": [dataclasses.asdict(r) for r in res.rounds], "seconds": dict(res.seconds),

@@ -717,6 +717,17 @@ class JobsConfig:
         Niceness (0-19) of btomo's LocalCluster workers: reconstructions take the CPU the live
         path leaves (on a 2-core machine at 400 frames/s the frame loop needs most of a core);
         0 = the same priority. Unix; an existing cluster is left as it is.
+    seed_from_previous : bool
+        Each job starts from the atoms of the same particle's latest earlier window (of the last
+        three) whose reconstruction is done and good when the job starts, instead of the
+        spherical FCC model (:mod:`btomo.reconstruct.job`; ``job.json`` says which). The
+        spherical model is cubic and the refinement from it settles on the cube-symmetrised
+        particle at the paper's dose; from the right atoms it keeps them.
+    seed_max_resolution_A : float
+        A seed's FSC 0.143 resolution must be this good or better, A.
+    seed_min_in_map : float
+        At least this fraction of a seed's frames must have been significant (a window of noise
+        has at most ~0.2).
     """
 
     enabled: bool = True
@@ -729,8 +740,14 @@ class JobsConfig:
     connect_timeout_s: float = 60.0
     worker_deaths_allowed: int = 3
     worker_nice: int = 10
+    seed_from_previous: bool = True
+    seed_max_resolution_A: float = 2.5
+    seed_min_in_map: float = 0.25
 
     def validate(self) -> None:
+        _positive("jobs.seed_max_resolution_A", self.seed_max_resolution_A)
+        if not 0 <= self.seed_min_in_map <= 1:
+            raise ConfigError(f"jobs.seed_min_in_map must be 0 to 1, got {self.seed_min_in_map}")
         if not 0 <= self.worker_nice <= 19:
             raise ConfigError(f"jobs.worker_nice must be 0 to 19, got {self.worker_nice}")
         if self.worker_deaths_allowed < 0:

@@ -19,6 +19,11 @@ which worker, Dask runs it again on another worker (the LocalCluster's nanny res
 one; ``attempts`` counts the starts), and after ``jobs.worker_deaths_allowed`` deaths it fails
 with a reason that says so.
 
+A window's job is given the output directories of the same particle's last three windows
+submitted before it (``jobs.seed_from_previous``): it starts from the first of them that is
+done and good when it starts (:func:`btomo.reconstruct.job.choose_seed`), and the job record
+says which (``initial_model``).
+
 Queues and policies: windows waiting to be submitted and jobs pending together at most
 ``max_pending`` (beyond: ``skipped``). At the end of the run the jobs still pending get
 ``wait_seconds``; then a LocalCluster's are cancelled (``failed``, reason said), an external
@@ -67,6 +72,7 @@ class ReconstructionJobs:
         self.jobs: dict[str, dict[str, Any]] = {}
         self._futures: dict[str, Any] = {}
         self._windows: dict[str, str] = {}  # Dask key -> window
+        self._by_particle: dict[Any, list[str]] = {}  # the windows submitted per particle, latest 3
         self._lock = threading.Lock()
         self._done_lock = threading.Lock()  # one settling of a finished future at a time
         self._todo: queue.Queue = queue.Queue()  # bounded by max_pending through submit()
@@ -98,6 +104,13 @@ class ReconstructionJobs:
                 job.update(state="skipped", reason=f"{pending} jobs already pending (jobs.max_pending)")
                 log.warning("window %s: not submitted for reconstruction (%s)", window, job["reason"])
                 return
+            particle = job.get("particle")
+            if particle is not None and self.cfg.seed_from_previous:
+                earlier = self._by_particle.setdefault(particle, [])
+                if earlier:
+                    job["seed_windows"] = earlier[::-1]  # most recent first
+                earlier.append(window)
+                del earlier[:-3]
         self._todo.put(window)
 
     def counts(self) -> dict[str, int]:
@@ -169,8 +182,11 @@ class ReconstructionJobs:
         with self._lock:
             self._windows[key] = window
         nice = 0 if self.cfg.scheduler else self.cfg.worker_nice  # an existing cluster is left as it is
+        with self._lock:
+            seeds = [str(self.out_root / w) for w in self.jobs[window].get("seed_windows", [])]
         fut = self._client.submit(run_window_job, str(self.store), window, str(self.out_root / window), self.settings,
-                                  nice=nice, key=key, pure=False, retries=0)
+                                  nice=nice, seed_dirs=seeds, seed_max_resolution_A=self.cfg.seed_max_resolution_A,
+                                  seed_min_in_map=self.cfg.seed_min_in_map, key=key, pure=False, retries=0)
         with self._lock:
             self._futures[window] = fut
             self.jobs[window]["submitted_at"] = time.time()
@@ -225,7 +241,7 @@ class ReconstructionJobs:
                     pass
                 elif fut.status == "finished":
                     result = fut.result()
-                    keep = ("reconstruction", "map", "atoms", "resolution_A", "seconds")
+                    keep = ("reconstruction", "map", "atoms", "resolution_A", "seconds", "initial_model")
                     self._settle(window, "done", **{k: result.get(k) for k in keep})
                 elif fut.status == "cancelled":
                     self._settle(window, "failed", reason=self._cancelled(fut))

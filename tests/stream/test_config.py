@@ -58,6 +58,8 @@ def test_file_then_overrides(tmp_path):
         ({"sample.colour": 1}, "unknown setting 'sample.colour'"),
         ({"nosuch.key": 1}, "unknown section 'nosuch'"),
         ({"stream.queue_policy": "drop-newest"}, "stream.queue_policy must be one of"),
+        ({"jobs.seed_min_in_map": 1.5}, "jobs.seed_min_in_map must be 0 to 1"),
+        ({"jobs.seed_max_resolution_A": 0}, "jobs.seed_max_resolution_A"),
     ],
 )
 def test_invalid_values_fail_with_one_line(overrides, message):

@@ -1,6 +1,7 @@
 """Reconstruction jobs on Dask: a real LocalCluster (btomo's own, or an existing one reached by
 address), states queued -> running -> done / failed, the limits, and failures that never reach
 the pipeline."""
+import dataclasses
 import json
 import time
 
@@ -45,8 +46,8 @@ def test_jobs_run_on_a_local_cluster_and_report_their_states(tmp_path):
     _window(store, "p0_w0002")  # 16 px of noise: nothing to reconstruct
     jobs = ReconstructionJobs(JobsConfig(), store, tmp_path / "recon", QUICK)
     jobs.submit("p0_w0000", {"particle": 0})
-    jobs.submit("p0_w0001")
-    jobs.submit("p0_w0002")
+    jobs.submit("p0_w0001", {"particle": 0})
+    jobs.submit("p0_w0002", {"particle": 0})
     jobs.submit("p9_w0000")  # not in the store
     assert jobs.counts()["queued"] == 4
     out = jobs.finish()
@@ -55,6 +56,9 @@ def test_jobs_run_on_a_local_cluster_and_report_their_states(tmp_path):
     ok = by["p0_w0000"]
     assert ok["state"] == "done" and ok["reconstruction"] == "done" and ok["map"].endswith("map.mrc")
     assert ok["queued_at"] <= ok["submitted_at"] <= ok["started_at"] <= ok["ended_at"]  # "running" was seen
+    # the particle's later windows are offered its earlier ones as seeds, the latest first
+    assert "seed_windows" not in ok and ok["initial_model"] == "spherical FCC"
+    assert by["p0_w0002"]["seed_windows"] == ["p0_w0001", "p0_w0000"] and "seed_windows" not in by["p9_w0000"]
     rec = json.loads((tmp_path / "recon" / "p0_w0000" / "job.json").read_text())
     assert rec["frames"] == 40 and rec["box_px"] == 64 and rec["atoms"] > 0
     assert rec["nice"] == JobsConfig().worker_nice == 10  # the reconstruction yields the CPU to the live path
@@ -131,3 +135,40 @@ def test_read_window_checks_the_layout(tmp_path):
     with pytest.raises(WindowError, match="not complete"):
         read_window(store, "b")
     assert read_window(store, "b", allow_incomplete=True).n == 12
+
+
+@pytest.mark.slow
+def test_a_job_starts_from_its_particles_earlier_good_reconstruction(tmp_path):
+    """Seeding: the first done and good earlier window's atoms are the first reference; missing,
+    poor or oversized seeds are passed over with the reason, never failing the job."""
+    from ase import Atoms
+    from ase.io import write as ase_write
+
+    from btomo.reconstruct.job import run_window_job
+
+    store = _sim_window(tmp_path).store
+    settings = dataclasses.asdict(QUICK)
+    first = run_window_job(str(store), "p0_w0000", str(tmp_path / "a"), settings)
+    assert first["initial_model"] == "spherical FCC" and first["seed_reason"] == ""
+    res, frac = first["resolution_A"], first["frames_in_map"] / first["frames_used"]
+    seeds = [str(tmp_path / "missing"), str(tmp_path / "a")]
+    rec = run_window_job(str(store), "p0_w0000", str(tmp_path / "b"), settings, seed_dirs=seeds,
+                         seed_max_resolution_A=res + 0.01, seed_min_in_map=frac)
+    assert rec["initial_model"] == f"window p0_w0000 ({first['atoms']} atoms)", rec["initial_model"]
+    assert rec["seed_reason"] == "missing: not done" and rec["atoms"] > 0
+    assert json.loads((tmp_path / "b" / "reconstruction.json").read_text())["initial_model"] == rec["initial_model"]
+    # too poor by either measure: the spherical model, and why
+    rec = run_window_job(str(store), "p0_w0000", str(tmp_path / "c"), settings, seed_dirs=seeds[1:],
+                         seed_max_resolution_A=res - 0.01)
+    assert rec["initial_model"] == "spherical FCC" and "FSC 0.143" in rec["seed_reason"]
+    rec = run_window_job(str(store), "p0_w0000", str(tmp_path / "c"), settings, seed_dirs=seeds[1:],
+                         seed_max_resolution_A=99.0, seed_min_in_map=min(1.0, frac + 0.01))
+    assert rec["initial_model"] == "spherical FCC" and "frames significant" in rec["seed_reason"]
+    # a good record whose atoms do not fit this window's box: passed over at the start
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "job.json").write_text(json.dumps({**first, "window": "p0_w0009"}))
+    ase_write(big / "atoms.xyz", Atoms("Pt4", positions=[[0, 0, 0], [60, 0, 0], [0, 60, 0], [0, 0, 60]]))
+    rec = run_window_job(str(store), "p0_w0000", str(tmp_path / "d"), settings, seed_dirs=[str(big)],
+                         seed_max_resolution_A=99.0, seed_min_in_map=0.0)
+    assert rec["initial_model"] == "spherical FCC" and "reaches" in rec["seed_reason"], rec["seed_reason"]
