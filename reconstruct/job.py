@@ -14,8 +14,10 @@ better, at least ``seed_min_in_map`` of its frames significant) instead of the s
 model, and says which in ``job.json`` (``initial_model``, ``seed_reason``). Started from the
 right atoms, the refinement keeps them at the paper's dose (docs/accuracy.md: 0.98 / 0.97 on the
 truncated octahedron, 0.955 / 0.958 on an irregular crystal), while from the cubic spherical
-model it settles on the cube-symmetrised particle; a seeded window is also reconstructed in its
-seed's frame, so consecutive maps of a particle need no superposition to compare. A seed that
+model it settles on the cube-symmetrised particle. A seeded window is also reconstructed in its
+seed's frame (up to the seed's centroid, which goes to the box centre): along an unbroken chain
+of seeds a particle's maps come out aligned. With several workers consecutive windows may run
+at once and find no finished seed; those start again from the spherical model. A seed that
 is not done when the job starts (jobs run in parallel), failed, is poor or does not fit the box
 is passed over, with the reason.
 
@@ -87,12 +89,19 @@ def choose_seed(seed_dirs: list[str], max_resolution_A: float, min_in_map: float
         except (OSError, ValueError):
             why.append(f"{path.name}: not done")
             continue
-        res = rec.get("resolution_A")
-        used, in_map = rec.get("frames_used") or 0, rec.get("frames_in_map") or 0
-        if not (isinstance(res, (int, float)) and math.isfinite(res) and res <= max_resolution_A):
-            why.append(f"{path.name}: FSC 0.143 at {res} A, expected <= {max_resolution_A} A")
+        if not isinstance(rec, dict):
+            why.append(f"{path.name}: job.json is not a job record")
             continue
-        if used <= 0 or in_map / used < min_in_map:
+
+        def number(key: str) -> float:
+            v = rec.get(key)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+        res, used, in_map = number("resolution_A"), number("frames_used"), number("frames_in_map")
+        if not (math.isfinite(res) and res <= max_resolution_A):
+            why.append(f"{path.name}: FSC 0.143 at {rec.get('resolution_A')} A, expected <= {max_resolution_A} A")
+            continue
+        if not (used > 0 and in_map / used >= min_in_map):
             why.append(f"{path.name}: {in_map} of {used} frames significant, expected >= {min_in_map:.0%}")
             continue
         try:

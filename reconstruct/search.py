@@ -300,7 +300,9 @@ class OrientationSearch:
         this whitens, so that the few low rings that carry the particle's outline do not outweigh
         the lattice rings that tell orientations apart; with noisy ones it weights rings by their
         signal-to-noise ratio. Two passes: the coarse directions for every image, then the fine directions near
-        each image's coarse peaks (only the fine sections some image needs are computed)."""
+        each image's coarse peaks (only the fine sections some image needs are computed; they are kept, with
+        the coarse ones, for the next search against the same ``Projector``). ``batch`` images go through
+        the coarse pass together, :data:`LOCAL_BATCH` through the local one."""
         xp = self.xp
         proj = reference if isinstance(reference, Projector) else Projector(xp.asarray(reference))
         white = (1.0 / xp.sqrt(xp.maximum(_ring_power(images_q, xp), 1e-30))).astype(xp.float32)

@@ -184,9 +184,11 @@ class ReconstructionJobs:
         nice = 0 if self.cfg.scheduler else self.cfg.worker_nice  # an existing cluster is left as it is
         with self._lock:
             seeds = [str(self.out_root / w) for w in self.jobs[window].get("seed_windows", [])]
+        # the seed arguments only when there are seeds: workers of an older btomo still run the rest
+        seeding = {} if not seeds else {"seed_dirs": seeds, "seed_max_resolution_A": self.cfg.seed_max_resolution_A,
+                                        "seed_min_in_map": self.cfg.seed_min_in_map}
         fut = self._client.submit(run_window_job, str(self.store), window, str(self.out_root / window), self.settings,
-                                  nice=nice, seed_dirs=seeds, seed_max_resolution_A=self.cfg.seed_max_resolution_A,
-                                  seed_min_in_map=self.cfg.seed_min_in_map, key=key, pure=False, retries=0)
+                                  nice=nice, key=key, pure=False, retries=0, **seeding)
         with self._lock:
             self._futures[window] = fut
             self.jobs[window]["submitted_at"] = time.time()

@@ -151,17 +151,20 @@ def test_a_job_starts_from_its_particles_earlier_good_reconstruction(tmp_path):
     first = run_window_job(str(store), "p0_w0000", str(tmp_path / "a"), settings)
     assert first["initial_model"] == "spherical FCC" and first["seed_reason"] == ""
     res, frac = first["resolution_A"], first["frames_in_map"] / first["frames_used"]
-    seeds = [str(tmp_path / "missing"), str(tmp_path / "a")]
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "job.json").write_text("[]")
+    seeds = [str(tmp_path / "missing"), str(odd), str(tmp_path / "a")]
     rec = run_window_job(str(store), "p0_w0000", str(tmp_path / "b"), settings, seed_dirs=seeds,
                          seed_max_resolution_A=res + 0.01, seed_min_in_map=frac)
     assert rec["initial_model"] == f"window p0_w0000 ({first['atoms']} atoms)", rec["initial_model"]
-    assert rec["seed_reason"] == "missing: not done" and rec["atoms"] > 0
+    assert rec["seed_reason"] == "missing: not done; odd: job.json is not a job record" and rec["atoms"] > 0
     assert json.loads((tmp_path / "b" / "reconstruction.json").read_text())["initial_model"] == rec["initial_model"]
     # too poor by either measure: the spherical model, and why
-    rec = run_window_job(str(store), "p0_w0000", str(tmp_path / "c"), settings, seed_dirs=seeds[1:],
+    rec = run_window_job(str(store), "p0_w0000", str(tmp_path / "c"), settings, seed_dirs=seeds[2:],
                          seed_max_resolution_A=res - 0.01)
     assert rec["initial_model"] == "spherical FCC" and "FSC 0.143" in rec["seed_reason"]
-    rec = run_window_job(str(store), "p0_w0000", str(tmp_path / "c"), settings, seed_dirs=seeds[1:],
+    rec = run_window_job(str(store), "p0_w0000", str(tmp_path / "c"), settings, seed_dirs=seeds[2:],
                          seed_max_resolution_A=99.0, seed_min_in_map=min(1.0, frac + 0.01))
     assert rec["initial_model"] == "spherical FCC" and "frames significant" in rec["seed_reason"]
     # a good record whose atoms do not fit this window's box: passed over at the start
