@@ -19,7 +19,10 @@ seed's frame (up to the seed's centroid, which goes to the box centre): along an
 of seeds a particle's maps come out aligned. With several workers consecutive windows may run
 at once and find no finished seed; those start again from the spherical model. A seed that
 is not done when the job starts (jobs run in parallel), failed, is poor or does not fit the box
-is passed over, with the reason.
+is passed over, with the reason. **Seeding biases the result toward the seed** (docs/accuracy.md:
+seeded with the true atoms plus 20 on the surface, the paper-dose refinement kept 14 of them;
+with 20 missing, it put back 10), so the live pipeline seeds only when asked
+(``jobs.seed_from_previous``).
 
 The job reports ``running`` when it starts through the Dask event log (topic
 :data:`EVENT_TOPIC`), so the live pipeline can tell a queued job from a running one.

@@ -19,10 +19,10 @@ which worker, Dask runs it again on another worker (the LocalCluster's nanny res
 one; ``attempts`` counts the starts), and after ``jobs.worker_deaths_allowed`` deaths it fails
 with a reason that says so.
 
-A window's job is given the output directories of the same particle's last three windows
-submitted before it (``jobs.seed_from_previous``): it starts from the first of them that is
-done and good when it starts (:func:`btomo.reconstruct.job.choose_seed`), and the job record
-says which (``initial_model``).
+With ``jobs.seed_from_previous`` (off by default: a seed biases the result toward itself), a
+window's job is given the output directories of the same particle's last three windows
+submitted before it: it starts from the first of them that is done and good when it starts
+(:func:`btomo.reconstruct.job.choose_seed`), and the job record says which (``initial_model``).
 
 Queues and policies: windows waiting to be submitted and jobs pending together at most
 ``max_pending`` (beyond: ``skipped``). At the end of the run the jobs still pending get

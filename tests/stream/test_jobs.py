@@ -44,7 +44,7 @@ def test_jobs_run_on_a_local_cluster_and_report_their_states(tmp_path):
     store = sw.store
     _window(store, "p0_w0001", close=False)  # torn: complete stays false
     _window(store, "p0_w0002")  # 16 px of noise: nothing to reconstruct
-    jobs = ReconstructionJobs(JobsConfig(), store, tmp_path / "recon", QUICK)
+    jobs = ReconstructionJobs(JobsConfig(seed_from_previous=True), store, tmp_path / "recon", QUICK)
     jobs.submit("p0_w0000", {"particle": 0})
     jobs.submit("p0_w0001", {"particle": 0})
     jobs.submit("p0_w0002", {"particle": 0})
