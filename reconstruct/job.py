@@ -82,7 +82,7 @@ def choose_seed(seed_dirs: list[str], max_resolution_A: float, min_in_map: float
     """
     import math  # noqa: PLC0415
 
-    from ase.io import read as ase_read  # noqa: PLC0415
+    from btomo.analysis.run import AnalysisError, load_atoms  # noqa: PLC0415
 
     why = []
     for d in seed_dirs:
@@ -108,9 +108,9 @@ def choose_seed(seed_dirs: list[str], max_resolution_A: float, min_in_map: float
             why.append(f"{path.name}: {in_map} of {used} frames significant, expected >= {min_in_map:.0%}")
             continue
         try:
-            atoms = ase_read(path / "atoms.xyz").positions
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a reason, never a failed job
-            why.append(f"{path.name}: atoms.xyz unreadable ({type(exc).__name__})")
+            atoms = load_atoms(path / "atoms.xyz")
+        except AnalysisError as exc:  # an unreadable file is a reason, never a failed job
+            why.append(f"{path.name}: {exc}")
             continue
         return atoms, f"window {rec.get('window', path.name)} ({len(atoms)} atoms)", "; ".join(why)
     return None, "spherical FCC", "; ".join(why)

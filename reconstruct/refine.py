@@ -158,13 +158,13 @@ def initial_model(diameter_A: float, box: int, voxel_A: float, lowpass_A: float,
     else:
         atoms = np.asarray(atoms_A, dtype=np.float64)
         if atoms.ndim != 2 or atoms.shape[1] != 3 or len(atoms) < 4 or not np.isfinite(atoms).all():
-            raise InitialModelError(f"expected an initial model of at least 4 finite atoms (n, 3) in A, got array of "
-                             f"shape {atoms.shape}")
+            raise InitialModelError(f"expected an initial model of at least 4 finite atoms (n, 3) in A, got "
+                                    f"array of shape {atoms.shape}")
     atoms = atoms - atoms.mean(axis=0)
     reach = float(np.linalg.norm(atoms, axis=1).max())
     if atoms_A is not None and reach > 0.5 * box * voxel_A - 1.0:
         raise InitialModelError(f"the initial model reaches {reach:.1f} A from its centroid: expected at most "
-                         f"{0.5 * box * voxel_A - 1.0:.1f} A to fit the box of {box} voxels of {voxel_A:.3f} A")
+                                f"{0.5 * box * voxel_A - 1.0:.1f} A to fit the box of {box} voxels of {voxel_A:.3f} A")
     return model_map(atoms, box, voxel_A, lowpass_A)
 
 

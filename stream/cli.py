@@ -541,13 +541,12 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
 def _read_atoms(path: Path) -> np.ndarray:
     """Atom positions (n, 3), A, of an XYZ/PDB/CIF file (ASE), or a :class:`UserError` saying why not."""
-    from ase.io import read as ase_read  # noqa: PLC0415
+    from btomo.analysis.run import AnalysisError, load_atoms  # noqa: PLC0415
 
     try:
-        atoms = ase_read(path)
-    except Exception as exc:  # noqa: BLE001 - ASE raises many kinds for unreadable files
-        raise UserError(f"cannot read the initial model {path}: {type(exc).__name__}: {exc}") from None
-    return np.asarray(atoms.positions, dtype=np.float64)
+        return load_atoms(path)
+    except AnalysisError as exc:
+        raise UserError(f"cannot read the initial model: {exc}") from None
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:

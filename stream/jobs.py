@@ -181,9 +181,8 @@ class ReconstructionJobs:
         key = f"btomo-reconstruct-{window}-{self._token}"
         with self._lock:
             self._windows[key] = window
-        nice = 0 if self.cfg.scheduler else self.cfg.worker_nice  # an existing cluster is left as it is
-        with self._lock:
             seeds = [str(self.out_root / w) for w in self.jobs[window].get("seed_windows", [])]
+        nice = 0 if self.cfg.scheduler else self.cfg.worker_nice  # an existing cluster is left as it is
         # the seed arguments only when there are seeds: workers of an older btomo still run the rest
         seeding = {} if not seeds else {"seed_dirs": seeds, "seed_max_resolution_A": self.cfg.seed_max_resolution_A,
                                         "seed_min_in_map": self.cfg.seed_min_in_map}

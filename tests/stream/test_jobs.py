@@ -144,7 +144,7 @@ def test_a_job_starts_from_its_particles_earlier_good_reconstruction(tmp_path):
     from ase import Atoms
     from ase.io import write as ase_write
 
-    from btomo.reconstruct.job import run_window_job
+    from btomo.reconstruct.job import choose_seed, run_window_job
 
     store = _sim_window(tmp_path).store
     settings = dataclasses.asdict(QUICK)
@@ -175,3 +175,7 @@ def test_a_job_starts_from_its_particles_earlier_good_reconstruction(tmp_path):
     rec = run_window_job(str(store), "p0_w0000", str(tmp_path / "d"), settings, seed_dirs=[str(big)],
                          seed_max_resolution_A=99.0, seed_min_in_map=0.0)
     assert rec["initial_model"] == "spherical FCC" and "reaches" in rec["seed_reason"], rec["seed_reason"]
+    # a good record whose atoms.xyz is empty: passed over with the reader's reason
+    (big / "atoms.xyz").write_text("")
+    atoms, label, reason = choose_seed([str(big)], 99.0, 0.0)
+    assert atoms is None and label == "spherical FCC" and "the file is empty" in reason, reason
