@@ -18,6 +18,10 @@ __all__ = [
     "fcc_points",
     "fcc_cluster",
     "equivalent_diameter_A",
+    "PT_METALLIC_RADIUS_A",
+    "projected_diameter_A",
+    "mean_projected_diameter_A",
+    "fcc_sphere_of_projected_diameter",
     "coordination_numbers",
     "plane_normals",
     "zone_axes",
@@ -26,6 +30,8 @@ __all__ = [
 
 #: Pt lattice constant used by the paper (A); tabulated 3.9231
 PT_LATTICE_A = 3.92
+#: metallic radius of Pt, A: how far an atom's image reaches beyond its centre in a projected diameter
+PT_METALLIC_RADIUS_A = 1.39
 #: neighbour cutoff of the paper (A): first minimum of g(r) between the 2.77 and 3.92 A shells
 PT_NEIGHBOUR_CUTOFF_A = 3.41
 
@@ -49,6 +55,69 @@ def fcc_points(radius_A: float, a: float = PT_LATTICE_A) -> np.ndarray:
 def equivalent_diameter_A(n_atoms: int, a: float = PT_LATTICE_A) -> float:
     """Diameter (A) of the sphere whose volume holds ``n_atoms`` at FCC density."""
     return (6.0 * n_atoms * FCC_VOLUME_PER_ATOM(a) / math.pi) ** (1.0 / 3.0)
+
+
+def projected_diameter_A(xy_A: np.ndarray) -> float:
+    """Equivalent-circle diameter (A) of a projection: the 2D convex hull of the projected atom
+    centres ``(n, 2)`` (A) grown by the Pt metallic radius (hull area + perimeter x r + pi r^2),
+    as a circle, ``2 sqrt(area / pi)``. What an image shows as the particle's size (the paper's
+    projected diameter of the crystalline region), one atomic radius beyond the outer centres."""
+    from scipy.spatial import ConvexHull, QhullError  # noqa: PLC0415
+
+    xy = np.asarray(xy_A, dtype=np.float64)
+    r = PT_METALLIC_RADIUS_A
+    try:
+        hull = ConvexHull(xy)
+        area = hull.volume + hull.area * r + math.pi * r * r  # 2D: volume = area, area = perimeter
+    except (QhullError, ValueError):  # fewer than 3 atoms or collinear
+        span = float(np.ptp(xy, axis=0).max()) if len(xy) > 1 else 0.0
+        area = 2 * r * span + math.pi * r * r
+    return 2.0 * math.sqrt(area / math.pi)
+
+
+def _view_bases(views: int) -> np.ndarray:
+    """``(views, 2, 3)``: two unit vectors spanning the image plane of each of ``views`` viewing
+    directions spread over the half sphere (golden-angle spiral)."""
+    k = np.arange(views) + 0.5
+    z = k / views  # a projection and its antipode's are the same: the upper half sphere suffices
+    phi = k * math.pi * (3.0 - math.sqrt(5.0))
+    d = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], axis=1)
+    u = np.cross(d, np.where(np.abs(d[:, 2:3]) < 0.9, [[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]]))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return np.stack([u, np.cross(d, u)], axis=1)
+
+
+def mean_projected_diameter_A(atoms_A: np.ndarray, views: int = 48) -> float:
+    """Mean of :func:`projected_diameter_A` (A) over ``views`` viewing directions spread evenly
+    over the sphere: the size a window of a tumbling particle reports."""
+    atoms = np.asarray(atoms_A, dtype=np.float64)
+    return float(np.mean([projected_diameter_A(atoms @ b.T) for b in _view_bases(views)]))
+
+
+def fcc_sphere_of_projected_diameter(diameter_A: float, a: float = PT_LATTICE_A) -> np.ndarray:
+    """The spherical FCC cluster (atom shells about a lattice site, ``(n, 3)`` in A) whose mean
+    projected diameter (:func:`mean_projected_diameter_A`) is closest to ``diameter_A``.
+
+    A measured projected diameter reaches one atomic radius beyond the outermost atom centres,
+    so a sphere cut at half of it would hold ~1.4x the atoms of a 2 nm particle: this is the
+    paper's "spherical Pt nanocrystal of the mean projected diameter" with the size measured the
+    way the image measures it."""
+    if not (math.isfinite(diameter_A) and diameter_A > 0):
+        raise ValueError(f"expected a positive projected diameter in A, got {diameter_A}")
+    cloud = fcc_points(0.5 * diameter_A + a, a)
+    r = np.linalg.norm(cloud, axis=1)
+    shells = np.unique(np.round(r, 6))
+    lo = 0.5 * diameter_A - PT_METALLIC_RADIUS_A - a  # the shell sought lies near d / 2 - r
+    candidates = shells[(shells >= lo) & (shells <= 0.5 * diameter_A)]
+    if len(candidates) == 0:  # below a few atoms: the largest shell that fits
+        candidates = shells[shells <= max(0.5 * diameter_A, shells[min(1, len(shells) - 1)])][-1:]
+    best, best_err = cloud[:1], math.inf
+    for cut in candidates:
+        pts = cloud[r <= cut + 1e-6]
+        err = abs(mean_projected_diameter_A(pts) - diameter_A) if len(pts) >= 4 else math.inf
+        if err < best_err:
+            best, best_err = pts, err
+    return best - best.mean(axis=0)
 
 
 def fcc_cluster(diameter_nm: float, shape: str = "sphere", a: float = PT_LATTICE_A, *, seed: int = 0,

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from btomo.kernels.crystal import fcc_cluster
+from btomo.kernels.crystal import fcc_sphere_of_projected_diameter
 from btomo.kernels.rotation import quat_from_matrix
 
 from .atoms import AtomResult, find_atoms, model_map
@@ -143,9 +143,11 @@ def select_significant(scores: np.ndarray, null: np.ndarray, fpr: float,
 
 def initial_model(diameter_A: float, box: int, voxel_A: float, lowpass_A: float,
                   atoms_A: np.ndarray | None = None) -> np.ndarray:
-    """A spherical FCC Pt particle of ``diameter_A``, its potential low-passed (paper, Methods);
-    with ``atoms_A`` ``(n, 3)`` (A), those atoms' instead, their centroid at the box centre (the
-    tracked centre of the crops).
+    """A spherical FCC Pt particle of mean projected diameter ``diameter_A`` (the window's
+    measured size, which reaches one atomic radius beyond the outer atom centres:
+    :func:`~btomo.kernels.crystal.fcc_sphere_of_projected_diameter`), its potential low-passed
+    (paper, Methods); with ``atoms_A`` ``(n, 3)`` (A), those atoms' instead, their centroid at the
+    box centre (the tracked centre of the crops).
 
     Raises
     ------
@@ -154,7 +156,7 @@ def initial_model(diameter_A: float, box: int, voxel_A: float, lowpass_A: float,
         in the box (a ``ValueError``).
     """
     if atoms_A is None:
-        atoms = fcc_cluster(diameter_A / 10.0, "sphere")
+        atoms = fcc_sphere_of_projected_diameter(diameter_A)
     else:
         atoms = np.asarray(atoms_A, dtype=np.float64)
         if atoms.ndim != 2 or atoms.shape[1] != 3 or len(atoms) < 4 or not np.isfinite(atoms).all():

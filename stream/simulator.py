@@ -48,13 +48,14 @@ from pathlib import Path
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError, cKDTree
+from scipy.spatial import cKDTree
 
 from btomo.kernels.crystal import (
     d_spacing,
     equivalent_diameter_A,
     fcc_cluster,
     plane_normals,
+    projected_diameter_A,
     zone_axes,
 )
 from btomo.kernels.frames import fringe_truth
@@ -90,8 +91,6 @@ WATER_PHASE_STD_10NM = 0.08
 WATER_CORRELATION_A = 1.0
 #: width of the fade from a particle's single water tile into the tiled background, px
 WATER_TAPER_PX = 16
-#: metallic radius of Pt, A, for the projected-diameter truth
-PT_METALLIC_RADIUS_A = 1.39
 
 #: x at which the shape transform of a sphere falls to half, over pi: tilt = 0.64 d / D
 SHAPE_HALF_MAX = 0.64
@@ -286,20 +285,9 @@ def simulate_trajectories(cfg: RunConfig, n_frames: int | None = None) -> list[P
 # Ground truth per frame
 # --------------------------------------------------------------------------------------------
 def projected_diameter_nm(lab_atoms: np.ndarray) -> float:
-    """Equivalent-circle diameter of the projection, nm.
-
-    Area of the 2D convex hull of the projected atom centres grown by the Pt metallic radius
-    (hull area + perimeter * r + pi r^2), as a circle: ``2 sqrt(A / pi)``.
-    """
-    xy = lab_atoms[:, :2]
-    r = PT_METALLIC_RADIUS_A
-    try:
-        hull = ConvexHull(xy)
-        area = hull.volume + hull.area * r + math.pi * r * r  # 2D: volume = area, area = perimeter
-    except (QhullError, ValueError):  # fewer than 3 atoms or collinear
-        span = float(np.ptp(xy, axis=0).max()) if len(xy) > 1 else 0.0
-        area = 2 * r * span + math.pi * r * r
-    return 2.0 * math.sqrt(area / math.pi) / 10.0
+    """Equivalent-circle diameter of the projection along the beam (lab z), nm
+    (:func:`~btomo.kernels.crystal.projected_diameter_A` of the atoms' x, y)."""
+    return projected_diameter_A(lab_atoms[:, :2]) / 10.0
 
 
 TRUTH_COLUMNS = [

@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 
 from btomo.kernels.coverage import Coverage, view_directions
-from btomo.kernels.crystal import coordination_numbers, d_spacing, equivalent_diameter_A, fcc_cluster, plane_normals
+from btomo.kernels.crystal import (coordination_numbers, d_spacing, equivalent_diameter_A, fcc_cluster, plane_normals,
+                                   projected_diameter_A)
 from btomo.kernels.rotation import quat_from_rotvec, quat_multiply, quat_to_matrix, random_quaternion
 
 from .config import RunConfig
@@ -162,8 +163,10 @@ def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int =
     lam0 = cfg.acquisition.dose_e_per_A2 * pix * pix
     thickness = 10.0 * s.liquid_thickness_nm
     crops = np.empty((frames, box, box), dtype=np.float32)
+    projected = np.empty(frames)  # A, what the pipeline measures per lattice frame
     for i in range(frames):
         lab = atoms @ quat_to_matrix(quats[i]).T
+        projected[i] = projected_diameter_A(lab[:, :2])
         # centroid at the crop centre (pixel box // 2) plus the tracking error
         yx = np.stack([box // 2 * pix + offsets[i, 1] + lab[:, 1], box // 2 * pix + offsets[i, 0] + lab[:, 0]], axis=1)
         inten = renderer.intensity((box, box), yx, thickness, cfg.microscope.defocus_A + z[i],
@@ -182,7 +185,9 @@ def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int =
         w.append(name, crops[i:i + w.chunk_frames], {k: v[i:i + w.chunk_frames] for k, v in meta.items()})
     cov = Coverage()
     cov.add(view_directions(quats))
-    w.close_window(name, {"t_end_s": float(t[-1]), "coverage": float(cov.fraction), "diameter_nm": diam / 10.0,
+    # the window's size as the pipeline reports it: the mean projected diameter of its frames
+    w.close_window(name, {"t_end_s": float(t[-1]), "coverage": float(cov.fraction),
+                          "diameter_nm": float(projected.mean()) / 10.0,
                           "source": "btomo.stream.simwindow"})
     w.close()
     truth = out / "truth"

@@ -80,3 +80,33 @@ def test_irregular_crystal_is_lopsided_and_has_no_cubic_symmetry():
     assert np.array_equal(fcc_cluster(1.6, "irregular", seed=1), fcc_cluster(1.6, "irregular", seed=1))
     assert not np.array_equal(fcc_cluster(1.6, "irregular", seed=1), fcc_cluster(1.6, "irregular", seed=2))
     assert _has_cubic_symmetry(fcc_cluster(1.6, "truncated_octahedron"))
+
+
+def test_projected_diameter_of_known_shapes():
+    from btomo.kernels.crystal import PT_METALLIC_RADIUS_A as r
+    from btomo.kernels.crystal import projected_diameter_A
+
+    # one atom: a disc of the metallic radius
+    assert projected_diameter_A(np.zeros((1, 2))) == pytest.approx(2 * r)
+    # a 10 A square of centres: area 100 + 40 r + pi r^2 as a circle
+    sq = np.array([[0, 0], [10, 0], [10, 10], [0, 10], [5, 5]], dtype=float)
+    assert projected_diameter_A(sq) == pytest.approx(2 * np.sqrt((100 + 40 * r + np.pi * r * r) / np.pi))
+
+
+def test_sphere_of_a_projected_diameter_has_that_diameter_and_fewer_atoms_than_a_centre_cut():
+    """The initial model's sphere: a measured (projected) diameter reaches one atomic radius past
+    the outer centres, so the sphere that shows it is smaller than one cut at half of it."""
+    from btomo.kernels.crystal import fcc_sphere_of_projected_diameter, mean_projected_diameter_A
+
+    counts = []
+    for d in (15.0, 22.4, 30.0):
+        atoms = fcc_sphere_of_projected_diameter(d)
+        assert abs(mean_projected_diameter_A(atoms) - d) < 0.6, d
+        assert np.abs(atoms.mean(axis=0)).max() < 1e-9
+        assert np.linalg.norm(atoms, axis=1).max() <= d / 2  # centres inside the measured size
+        counts.append(len(atoms))
+    assert counts == sorted(counts)
+    # 22.4 A measured on a 302-atom crystal: the centre cut gave ~390 atoms, this ~320
+    assert 280 <= counts[1] <= 340 < len(fcc_cluster(2.24, "sphere"))
+    with pytest.raises(ValueError, match="positive projected diameter"):
+        fcc_sphere_of_projected_diameter(float("nan"))
