@@ -642,6 +642,11 @@ class WindowConfig:
     overlap_frames : int
         Lattice frames a window shares with the next one of the same particle (its last ones
         open the next window; 0: none). Not across a change of diameter.
+    crops : {"auto", "denoised", "raw"}
+        What a window's ``frames`` hold: the denoiser's crops, or the raw frame cut at the same
+        tracked centre (the orientation filter always reads the denoised one). "auto": raw when
+        the denoiser is the classical fallback (its 5-frame average blurs a moving particle:
+        twice the atoms' RMSD in reconstruction, docs/accuracy.md), denoised with a model.
     """
 
     directions: int = 2500
@@ -657,8 +662,11 @@ class WindowConfig:
     orientation_particles: int = 1500
     orientation_every_frames: int = 4
     overlap_frames: int = 0
+    crops: str = "auto"
 
     def validate(self) -> None:
+        if self.crops not in ("auto", "denoised", "raw"):
+            raise ConfigError(f"windows.crops must be 'auto', 'denoised' or 'raw', got {self.crops!r}")
         if self.overlap_frames < 0 or self.overlap_frames >= self.min_frames:
             raise ConfigError(f"windows.overlap_frames must be in [0, min_frames = {self.min_frames}), "
                               f"got {self.overlap_frames}")

@@ -462,7 +462,8 @@ class DenoiseStage:
         ``(n, context, H, W)`` counts -> ``(n, H, W)``; default: the model of
         ``denoiser.model`` or the fallback.
     sink : callable, optional
-        Called in the worker thread with ``(row, denoised crop)`` for every denoised stack.
+        Called in the worker thread with ``(row, denoised crop, raw crop)`` for every denoised
+        stack (the raw crop: the frame itself, cut at the same tracked centre).
     """
 
     name = "denoise"
@@ -582,11 +583,11 @@ class DenoiseStage:
             with self._lock:
                 self.busy_seconds += dt
                 self.denoised += n
-            for (row, _), crop in zip(items, out):
+            for (row, stack), crop in zip(items, out):
                 self.latest[row["particle"]] = (row["frame"], crop)
                 if self.sink is not None:
                     try:
-                        self.sink(row, crop)
+                        self.sink(row, crop, stack[self.k])  # the raw crop: the stack's centre frame
                     except Exception:  # noqa: BLE001 - a consumer's failure must not stop denoising
                         log.exception("the consumer of denoised crops failed on frame %s", row.get("frame"))
                         with self._lock:

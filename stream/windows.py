@@ -1,7 +1,8 @@
 """Rolling windows of lattice frames in the run's ``windows.zarr`` (Zarr v3).
 
 Layout (``../shared/contracts.md``): one subgroup per window, named ``p<particle>_w<number>``,
-holding ``frames`` (N x box x box, float32: the denoised crops, or the fallback's), the
+holding ``frames`` (N x box x box, float32: the denoised crops, or the raw ones,
+``windows.crops``; the attribute ``crops`` says which), the
 per-frame arrays ``frame`` (int64), ``t_s`` (float64), ``x_px``, ``y_px``, ``fft_peak``
 (float64), and the attributes ``particle``, ``t_start_s``, ``t_end_s``, ``pixel_size_A``,
 ``coverage``, ``complete`` and ``diameter_nm``. ``complete`` becomes true only after every byte
@@ -303,8 +304,13 @@ class WindowStage:
         self._set_band(self.pix)
         self._discs: dict[float, np.ndarray] = {}
         self._reflections = fcc_reflections(cfg.sample.lattice_A)
+        #: what the windows' frames hold: "raw" or the denoiser's method ("network", "fallback", ...)
+        method = getattr(denoise, "method", "denoised")
+        raw = self.w.crops == "raw" or (self.w.crops == "auto" and method == "fallback")
+        self.crops = "raw" if raw else method
         prev = denoise.sink
-        denoise.sink = lambda row, crop, _prev=prev: (_prev(row, crop) if _prev else None, self.add(row, crop))
+        denoise.sink = lambda row, crop, raw_crop=None, _prev=prev: (
+            _prev(row, crop, raw_crop) if _prev else None, self.add(row, crop, raw_crop))
 
     def _set_band(self, pix: float) -> None:
         self.pix = pix
@@ -359,10 +365,13 @@ class WindowStage:
         self.jobs.start()  # the cluster comes up while the window fills
         return win
 
-    def add(self, row: dict[str, Any], crop: np.ndarray) -> None:
-        """One denoised crop and its row (the denoiser's worker thread)."""
+    def add(self, row: dict[str, Any], crop: np.ndarray, raw_crop: np.ndarray | None = None) -> None:
+        """One denoised crop, the raw one at the same centre, and their row (the denoiser's
+        worker thread). The orientation filter reads the denoised crop; the window keeps the one
+        ``windows.crops`` chose (the denoised one where no raw crop comes)."""
         if not row.get("lattice"):
             return
+        keep = raw_crop if self.crops == "raw" and raw_crop is not None else crop
         t0 = time.perf_counter()
         with self._lock:
             particle = int(row["particle"])
@@ -382,7 +391,7 @@ class WindowStage:
             d = row.get("diameter_nm")
             meta = {k: row[k] for k in META_ARRAYS}
             meta["orientation"] = q if q is not None else _NO_ORIENTATION
-            self._append(win, np.asarray(crop, np.float32), meta, None if q is None else view_directions(q),
+            self._append(win, np.asarray(keep, np.float32), meta, None if q is None else view_directions(q),
                          float(d) if d is not None and math.isfinite(d) else None)
             self.lattice_crops += 1
             reason = self._close_reason(win)
@@ -447,7 +456,7 @@ class WindowStage:
         attrs = {"t_end_s": win.t_end, "coverage": cov, "lattice_frames": win.frames, "closed_by": reason,
                  "under_covered": bool(cov < self.w.coverage_threshold),
                  "coverage_symmetry": self.w.symmetry, "coverage_angle_deg": self.w.coverage_angle_deg,
-                 "overlap_frames": self.w.overlap_frames}
+                 "overlap_frames": self.w.overlap_frames, "crops": self.crops}
         if win.diameters:
             attrs["diameter_nm"] = float(np.mean(win.diameters))
         # the record first: the writer's completion callback (another thread) looks it up

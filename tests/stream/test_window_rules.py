@@ -3,6 +3,7 @@ frame comes, on a change of diameter, at the end; the confirmation of views befo
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import zarr
 
 from btomo.kernels.coverage import Coverage
@@ -59,3 +60,22 @@ def test_a_view_counts_only_once_the_next_agrees(tmp_path):
     stage._confirm(win, 12, tilt)  # a jump of 82 deg: pending
     stage._confirm(win, 40, tilt)  # agrees, but 28 frames later (> 2 updates): not confirmed
     assert win.coverage.views == 2
+
+
+@pytest.mark.parametrize("method, choice, want", [("fallback", "auto", "raw"), ("network", "auto", "network"),
+                                                  ("fallback", "denoised", "fallback"), ("network", "raw", "raw")])
+def test_windows_keep_the_raw_or_the_denoised_crops_as_configured(tmp_path, method, choice, want):
+    """``windows.crops``: with the fallback denoiser the windows keep the raw crops by default
+    (its 5-frame average blurs a moving particle for reconstruction); the attribute says which."""
+    cfg = load_config(overrides={"windows.min_frames": 3, "windows.max_seconds": 100.0, "windows.chunk_frames": 2,
+                                 "windows.crops": choice, "jobs.enabled": False})
+    feeder = SimpleNamespace(sink=None, method=method)
+    stage = WindowStage(cfg, tmp_path, feeder)
+    box = cfg.frames.box_px
+    denoised, raw = np.full((box, box), 1.0, np.float32), np.full((box, box), 7.0, np.float32)
+    for f in range(5):
+        feeder.sink(_row(f, f * 0.0025), denoised, raw)
+    stage.finish()
+    g = zarr.open_group(str(tmp_path / "windows.zarr"), mode="r")["p0_w0000"]
+    assert g.attrs["crops"] == want
+    assert np.all(g["frames"][:] == (7.0 if want == "raw" else 1.0))

@@ -65,6 +65,7 @@ def test_pipeline_writes_windows_of_lattice_frames_with_coverage(tmp_path):
     from btomo.stream.config import load_config
     from btomo.stream.pipeline import run_process
     from btomo.stream.simulator import simulate
+    from btomo.kernels.frames import crop_box
     from btomo.stream.sources import open_source
 
     cfg = load_config(overrides={"acquisition.shape": "288x288", "simulate.frames": 900, "simulate.seed": 5,
@@ -96,6 +97,13 @@ def test_pipeline_writes_windows_of_lattice_frames_with_coverage(tmp_path):
         members[c["window"]] = g["frame"][:]
         assert np.all(np.diff(g["frame"][:]) > 0) and g.attrs["t_start_s"] == t[0] and g.attrs["t_end_s"] == t[-1]
         assert np.isfinite(g["frames"][:]).all()
+        # with the fallback denoiser the windows keep the raw frames, cut at the tracked centres
+        assert g.attrs["crops"] == "raw"
+        with open_source(tmp_path / "rec") as src:
+            for i in (0, n - 1):
+                want = crop_box(src.read(int(g["frame"][i])), float(g["x_px"][i]), float(g["y_px"][i]),
+                                cfg.frames.box_px)[0]
+                np.testing.assert_array_equal(g["frames"][i], want)
         if c["closed_by"] == "coverage":
             assert c["coverage"] >= 0.3 and n >= 40
     # every lattice crop that reached the stage is in a window; the overlaps are in two
