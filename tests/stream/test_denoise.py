@@ -184,16 +184,17 @@ def test_pipeline_with_a_model_denoises_lattice_crops_first(recording, trained, 
                                                       "denoiser.batch": 4})
     got = []
     frames = FrameAnalysis(cfg, tmp_path / "run")
-    stage = DenoiseStage(cfg, frames, sink=lambda row, crop: got.append((row["lattice"], crop.shape)))
+    stage = DenoiseStage(cfg, frames, sink=lambda row, crop, raw: got.append((row["lattice"], crop.shape, raw.shape)))
     with open_source(rec) as src:
         summary = run_process(cfg, src, tmp_path / "run", stages=(frames, stage))
     den = summary["stage_results"]["denoise"]
     rows = summary["stage_results"]["frames"]["particle_frames"]
     assert den["method"] == "network" and den["denoised"] == len(got) > 0
     assert den["denoised"] + sum(den["skipped"].values()) == rows  # every row accounted for
-    assert all(shape == (cfg.frames.box_px, cfg.frames.box_px) for _, shape in got)
+    box = (cfg.frames.box_px, cfg.frames.box_px)
+    assert all(shape == raw == box for _, shape, raw in got)  # the denoised crop and the raw one
     if den["skipped"]["backlog_full"] + den["skipped"]["displaced"]:  # it fell behind: lattice first
-        lattice_share = np.mean([lat for lat, _ in got])
+        lattice_share = np.mean([lat for lat, _, _ in got])
         assert lattice_share >= summary["stage_results"]["frames"]["lattice_fraction"]
 
 
@@ -205,7 +206,7 @@ def test_a_failing_consumer_is_counted_and_denoising_goes_on(recording, tmp_path
     cfg = load_config(rec / "config.toml", overrides={"denoiser.backlog": 4000})
     seen = []
 
-    def sink(row, crop):
+    def sink(row, crop, raw):
         seen.append(row["frame"])
         if len(seen) % 2:
             raise RuntimeError("consumer broke")
