@@ -9,7 +9,7 @@ import itertools
 import math
 
 import numpy as np
-from scipy.spatial import cKDTree
+from scipy.spatial import ConvexHull, QhullError, cKDTree
 
 __all__ = [
     "PT_LATTICE_A",
@@ -62,8 +62,6 @@ def projected_diameter_A(xy_A: np.ndarray) -> float:
     centres ``(n, 2)`` (A) grown by the Pt metallic radius (hull area + perimeter x r + pi r^2),
     as a circle, ``2 sqrt(area / pi)``. What an image shows as the particle's size (the paper's
     projected diameter of the crystalline region), one atomic radius beyond the outer centres."""
-    from scipy.spatial import ConvexHull, QhullError  # noqa: PLC0415
-
     xy = np.asarray(xy_A, dtype=np.float64)
     r = PT_METALLIC_RADIUS_A
     try:
@@ -77,11 +75,10 @@ def projected_diameter_A(xy_A: np.ndarray) -> float:
 
 def _view_bases(views: int) -> np.ndarray:
     """``(views, 2, 3)``: two unit vectors spanning the image plane of each of ``views`` viewing
-    directions spread over the half sphere (golden-angle spiral)."""
-    k = np.arange(views) + 0.5
-    z = k / views  # a projection and its antipode's are the same: the upper half sphere suffices
-    phi = k * math.pi * (3.0 - math.sqrt(5.0))
-    d = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], axis=1)
+    directions, the upper half of a Fibonacci sphere (a projection and its antipode's are the same)."""
+    from .coverage import fibonacci_sphere  # noqa: PLC0415
+
+    d = fibonacci_sphere(2 * views)[:views]  # z from 1 down to 0
     u = np.cross(d, np.where(np.abs(d[:, 2:3]) < 0.9, [[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]]))
     u /= np.linalg.norm(u, axis=1, keepdims=True)
     return np.stack([u, np.cross(d, u)], axis=1)
@@ -109,8 +106,8 @@ def fcc_sphere_of_projected_diameter(diameter_A: float, a: float = PT_LATTICE_A)
     shells = np.unique(np.round(r, 6))
     lo = 0.5 * diameter_A - PT_METALLIC_RADIUS_A - a  # the shell sought lies near d / 2 - r
     candidates = shells[(shells >= lo) & (shells <= 0.5 * diameter_A)]
-    if len(candidates) == 0:  # below a few atoms: the largest shell that fits
-        candidates = shells[shells <= max(0.5 * diameter_A, shells[min(1, len(shells) - 1)])][-1:]
+    if len(candidates) == 0:  # a diameter of a few atoms: the smallest clusters
+        candidates = shells[:3]
     best, best_err = cloud[:1], math.inf
     for cut in candidates:
         pts = cloud[r <= cut + 1e-6]

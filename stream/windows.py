@@ -371,7 +371,9 @@ class WindowStage:
         ``windows.crops`` chose (the denoised one where no raw crop comes)."""
         if not row.get("lattice"):
             return
-        keep = raw_crop if self.crops == "raw" and raw_crop is not None else crop
+        if self.crops == "raw" and raw_crop is None:  # counted and logged by the denoiser as a sink error
+            raise ValueError(f"frame {row.get('frame')}: windows.crops keeps raw crops, but no raw crop came")
+        keep = raw_crop if self.crops == "raw" else crop
         t0 = time.perf_counter()
         with self._lock:
             particle = int(row["particle"])

@@ -79,3 +79,12 @@ def test_windows_keep_the_raw_or_the_denoised_crops_as_configured(tmp_path, meth
     g = zarr.open_group(str(tmp_path / "windows.zarr"), mode="r")["p0_w0000"]
     assert g.attrs["crops"] == want
     assert np.all(g["frames"][:] == (7.0 if want == "raw" else 1.0))
+
+
+def test_raw_crops_asked_for_but_not_given_is_an_error_not_a_silent_substitute(tmp_path):
+    cfg = load_config(overrides={"windows.crops": "raw", "jobs.enabled": False})
+    feeder = SimpleNamespace(sink=None, method="network")
+    WindowStage(cfg, tmp_path, feeder)
+    crop = np.zeros((cfg.frames.box_px,) * 2, np.float32)
+    with pytest.raises(ValueError, match="no raw crop came"):
+        feeder.sink(_row(0, 0.0), crop)
