@@ -50,10 +50,25 @@ class ReconstructConfig:
         Rounds, counted from the first and never the last, after which the next reference is
         the lattice occupancy of largest marginal likelihood over the cube's 24 mates
         (:mod:`btomo.reconstruct.occupancy`) instead of the map's atoms: a way to break the
-        symmetry of the spherical initial model. 0 (the default) turns it off: at the paper's
-        dose it lifts a crystal without symmetry (0.82 / 0.87 -> 0.88 / 0.92 recall /
-        precision with 4 of 5 rounds) but lowers a nearly cubic one (0.99 / 0.92 -> 0.97 /
-        0.89; docs/accuracy.md), so it is opt-in.
+        symmetry of the spherical initial model. 0 (the default) turns it off. With the contrast
+        transfer and the mate pass it recovers every atom where the frames tell the mates apart
+        (CI-size window; an irregular 2 nm crystal at 100x the paper's dose: 0.90 / 0.87 ->
+        1.00 / 1.00); at the paper's dose it lifts a crystal without symmetry (0.88 / 0.82 ->
+        0.94 / 0.87 recall / precision) but lowers a nearly cubic one (0.99 / 0.94 -> 0.97 /
+        0.87; docs/accuracy.md), so it is opt-in.
+    mates : bool
+        After the local search, score every frame at the 24 cube mates of its best orientation
+        (exactly, every in-plane angle and shift) against the reference and keep the best
+        (:class:`~btomo.reconstruct.search.OrientationSearch`): the coarse peaks hold a few mates
+        at best, so without it each frame's mate is chance and the map stays cube-symmetrised
+        even when the reference is not (CI-size window with the occupancy stage: precision 1.00
+        with, 0.95 without).
+    ctf : str
+        The microscope's contrast transfer (:mod:`~btomo.reconstruct.ctf`): "auto" compares the
+        frames with the reference's sections through the transfer of the optics the window
+        records (its ``optics`` attribute, the run's ``microscope`` settings); a window without
+        optics is reconstructed without (a warning). "none": the frames are taken as projections
+        of the potential.
     """
 
     lowpass_A: float = 1.5
@@ -69,6 +84,8 @@ class ReconstructConfig:
     null_images: int = 256
     min_frames: int = 20
     occupancy_rounds: int = 0
+    mates: bool = True
+    ctf: str = "auto"
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line reason for an invalid value."""
@@ -97,6 +114,8 @@ class ReconstructConfig:
             raise ValueError(f"reconstruct.min_frames must be >= 2, got {self.min_frames}")
         if self.occupancy_rounds < 0:
             raise ValueError(f"reconstruct.occupancy_rounds must be >= 0, got {self.occupancy_rounds}")
+        if self.ctf not in ("auto", "none"):
+            raise ValueError(f"reconstruct.ctf must be 'auto' or 'none', got {self.ctf!r}")
         if self.atom_min_separation_A <= 0:
             raise ValueError(
                 f"reconstruct.atom_min_separation_A must be > 0 A, got {self.atom_min_separation_A}"

@@ -107,11 +107,13 @@ class OccupancyResult:
 
 
 def matched_filter(images: np.ndarray, voxel_A: float, k_min: float, k_max: float,
-                   upsample: int = UPSAMPLE) -> np.ndarray:
+                   upsample: int = UPSAMPLE, transfer=None) -> np.ndarray:
     """The images ``(n, b, b)`` whitened by their mean radial power spectrum, filtered with one
-    Pt atom's projected potential (its Fourier transform is the Kirkland scattering factor),
-    band-limited to ``k_min..k_max`` (cycles per voxel), on a grid ``upsample`` times finer
-    (Fourier padding). Returns ``(n, b * upsample, b * upsample)`` float32."""
+    Pt atom's projected potential (its Fourier transform is the Kirkland scattering factor) as
+    the microscope shows it (times ``transfer``, a function of cycles per voxel, when given:
+    :mod:`~btomo.reconstruct.ctf`), band-limited to ``k_min..k_max`` (cycles per voxel), on a
+    grid ``upsample`` times finer (Fourier padding). Returns ``(n, b * upsample, b * upsample)``
+    float32."""
     n, b = images.shape[0], images.shape[-1]
     f = np.fft.fft2(np.asarray(images, dtype=np.float64))
     fy, fx = np.meshgrid(np.fft.fftfreq(b), np.fft.fftfreq(b), indexing="ij")
@@ -120,7 +122,8 @@ def matched_filter(images: np.ndarray, voxel_A: float, k_min: float, k_max: floa
     power = (np.abs(f) ** 2).mean(axis=0)
     radial = np.bincount(ring.ravel(), power.ravel()) / np.maximum(np.bincount(ring.ravel()), 1)
     band = (k >= k_min) & (k <= k_max)
-    filt = np.where(band, scattering_factor(k / voxel_A) / np.maximum(radial[ring], 1e-30), 0.0)
+    atom = scattering_factor(k / voxel_A) * (1.0 if transfer is None else np.asarray(transfer(k)))
+    filt = np.where(band, atom / np.maximum(radial[ring], 1e-30), 0.0)
     big = b * upsample
     out = np.zeros((n, big, big), dtype=np.complex128)
     o = (big - b) // 2
@@ -185,7 +188,8 @@ def _logmeanexp(a: np.ndarray, axis: int) -> np.ndarray:
 def lattice_occupancy(images: np.ndarray, rotations: np.ndarray, shifts_px: np.ndarray, atoms_A: np.ndarray,
                       voxel_A: float, *, k_min: float, k_max: float, max_radius_A: float,
                       shell_A: float = 3.0, lattice_A: float = PT_LATTICE_A, max_sweeps: int = 200,
-                      flip_fraction: float = 0.1, min_snr: float = 0.02, min_bonds: int = 3) -> OccupancyResult:
+                      flip_fraction: float = 0.1, min_snr: float = 0.02, min_bonds: int = 3,
+                      transfer=None) -> OccupancyResult:
     """The lattice sites that maximise the marginal likelihood of the frames (see the module).
 
     Parameters
@@ -216,6 +220,8 @@ def lattice_occupancy(images: np.ndarray, rotations: np.ndarray, shifts_px: np.n
         Below this measured site signal-to-noise ratio the input atoms are kept.
     min_bonds : int
         Fewest occupied nearest neighbours of a site that joins the particle.
+    transfer : callable, optional
+        The frames' contrast transfer (cycles per voxel -> factor) for the matched filter.
     """
     t0 = time.perf_counter()
     atoms_A = np.asarray(atoms_A, dtype=np.float64)
@@ -236,7 +242,7 @@ def lattice_occupancy(images: np.ndarray, rotations: np.ndarray, shifts_px: np.n
     on_site = dist <= 0.5 * lattice_A / math.sqrt(2.0)
     start = np.zeros(len(sites), dtype=bool)
     start[near[on_site]] = True
-    filtered = matched_filter(images, voxel_A, k_min, k_max)
+    filtered = matched_filter(images, voxel_A, k_min, k_max, transfer=transfer)
     mates = np.einsum("gab,sb->gsa", cube, sites - centre) + centre  # (24, m, 3)
     c = site_responses(filtered, rotations, shifts_px, mates, voxel_A)  # (n, 24, m)
     # calibration: the signal on the sites every mate of the start occupies, the noise on those

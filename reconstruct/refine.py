@@ -40,11 +40,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from btomo.kernels.coverage import cubic_rotations
 from btomo.kernels.crystal import fcc_sphere_of_projected_diameter
 from btomo.kernels.rotation import quat_from_matrix
 
 from .atoms import AtomResult, find_atoms, model_map
 from .config import ReconstructConfig
+from .ctf import Optics
 from .insertion import FourierInserter, fsc, fsc_resolution
 from .occupancy import lattice_occupancy
 from .preprocess import Prepared, soft_disc
@@ -56,7 +58,7 @@ log = logging.getLogger(__name__)
 SHIFT_STEP_PX = 0.5  # the shift trials' spacing, voxels: at most a quarter voxel off
 
 __all__ = ["RoundLog", "Reconstruction", "InitialModelError", "shift_images", "initial_model", "phase_randomised",
-           "select_significant", "reconstruct_images"]
+           "select_significant", "reconstruct_images", "lattice_mates"]
 
 
 class InitialModelError(ValueError):
@@ -183,7 +185,7 @@ def _match_count(a: np.ndarray, b: np.ndarray, within_A: float = 1.0) -> tuple[i
 
 def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
                        on_round: Callable[[RoundLog], None] | None = None,
-                       initial_atoms_A: np.ndarray | None = None) -> Reconstruction:
+                       initial_atoms_A: np.ndarray | None = None, optics: Optics | None = None) -> Reconstruction:
     """Run the refinement loop on pre-processed crops (see the module).
 
     Parameters
@@ -198,6 +200,9 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     initial_atoms_A : (n, 3) array, optional
         Atoms (A) whose simulated map is the first reference, instead of the spherical FCC
         particle (:func:`initial_model`).
+    optics : Optics, optional
+        The microscope's optics: the search compares the frames with the reference's sections
+        through their contrast transfer. ``None``: the frames are taken as projections.
     """
     cfg.validate()
     t_all = time.perf_counter()
@@ -207,8 +212,18 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         raise ValueError(f"need at least 2 usable frames to reconstruct, got {n}")
     k_max = min(0.5, voxel / cfg.lowpass_A)
     k_min = max(2.0 / box, voxel / cfg.band_low_A)
+    transfer = None
+    if optics is not None:
+        pixel_A = voxel / prep.bin  # the window's pixels, in which the detector blur is given
+
+        def transfer(k_per_voxel):
+            return optics.transfer(np.asarray(k_per_voxel) / voxel, pixel_A)
+
+        band = transfer(np.array([k_min, k_max]))
+        log.info("contrast transfer of %s: %.3f at %.1f A, %.3f at %.2f A", optics, band[0], voxel / k_min, band[1],
+                 voxel / k_max)
     search = OrientationSearch(box, k_min, k_max, directions=cfg.directions, local_deg=cfg.local_search_deg,
-                               peaks=cfg.peaks, xp=xp)
+                               peaks=cfg.peaks, ring_filter=transfer, xp=xp)
     max_shift = cfg.shift_px / prep.bin
     ref = initial_model(prep.diameter_A, box, voxel, cfg.lowpass_A, initial_atoms_A)
     if initial_atoms_A is not None:
@@ -221,6 +236,8 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     trials = trials[np.hypot(trials[:, 0], trials[:, 1]) <= max(max_shift, SHIFT_STEP_PX) + 1e-9]
     null_p = image_polar_samples(xp.asarray(phase_randomised(images[pick], mask, rng)), search.grid)
     null_q = _to_harmonics(null_p, search.grid, xp)
+    mates = (None if not cfg.mates else cubic_rotations() if initial_atoms_A is None
+             else lattice_mates(np.asarray(initial_atoms_A, dtype=np.float64)))
     rot_prev = None
     atoms_prev = np.zeros((0, 3))
     rounds: list[RoundLog] = []
@@ -230,8 +247,8 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         t0 = time.perf_counter()
         p = image_polar_samples(xp.asarray(images), search.grid)
         projector = Projector(ref)
-        found = search.search(_to_harmonics(p, search.grid, xp), projector, samples=p, trials=trials)
-        null = search.search(null_q, projector, samples=null_p, trials=trials)
+        found = search.search(_to_harmonics(p, search.grid, xp), projector, samples=p, trials=trials, mates=mates)
+        null = search.search(null_q, projector, samples=null_p, trials=trials, mates=mates)
         keep, thr = select_significant(found.score, null.score, cfg.frame_fpr, cfg.min_frames)
         rot = found.rotations
         shifts = found.shift
@@ -277,13 +294,15 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         if r <= cfg.occupancy_rounds and r < cfg.rounds:
             t4 = time.perf_counter()
             occ = lattice_occupancy(images[chosen], rot[chosen], shifts[chosen], model, voxel, k_min=k_min,
-                                    k_max=k_max, max_radius_A=prep.mask_radius_px * voxel)
+                                    k_max=k_max, max_radius_A=prep.mask_radius_px * voxel, transfer=transfer)
             seconds["occupancy"] = seconds.get("occupancy", 0.0) + time.perf_counter() - t4
             if occ.changed:
                 model = occ.positions_A
             else:
                 log.info("round %d: lattice occupancy skipped (%s)", r, occ.reason)
         ref = model_map(model, box, voxel, cfg.lowpass_A)
+        if cfg.mates:
+            mates = lattice_mates(model, fallback=mates)
     assert result is not None
     result.rounds = rounds
     result.prepared = prep
@@ -292,14 +311,26 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     return result
 
 
+def lattice_mates(atoms_A: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray | None:
+    """The 24 rotations of the FCC lattice fitted to ``atoms_A`` (n, 3) onto itself, in the map's
+    frame (``L S_g L^T`` with ``L`` the lattice's axes): the orientations that a lattice frame
+    cannot tell apart but the particle's shape can. ``fallback`` when no lattice fits."""
+    from btomo.analysis.structure import fit_fcc_lattice  # noqa: PLC0415
+
+    try:
+        rot, _, _ = fit_fcc_lattice(atoms_A)
+    except ValueError as exc:
+        log.warning("no FCC lattice fits the %d atoms (%s): the symmetry mates stay as they were", len(atoms_A), exc)
+        return fallback
+    return np.einsum("ab,gbc,dc->gad", rot, cubic_rotations(), rot)
+
+
 def _median_change(rot: np.ndarray, prev: np.ndarray | None) -> float:
     """Median angle (deg) between two rounds' orientations, the smallest over the cube's 24
     symmetry mates (the initial model is cubic: until the map breaks its symmetry, a frame may
     move to an equivalent mate without changing anything)."""
     if prev is None:
         return float("nan")
-    from btomo.kernels.coverage import cubic_rotations  # noqa: PLC0415
-
     return float(np.median(np.min([angle_between(rot, prev @ s) for s in cubic_rotations()], axis=0)))
 
 

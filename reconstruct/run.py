@@ -36,13 +36,14 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import ReconstructConfig
+from .ctf import Optics
 from .preprocess import prepare
 from .refine import Reconstruction, RoundLog, reconstruct_images
 from .window import read_window
 
 log = logging.getLogger(__name__)
 
-__all__ = ["reconstruct_window", "write_outputs", "default_out_dir"]
+__all__ = ["reconstruct_window", "window_optics", "write_outputs", "default_out_dir"]
 
 
 def default_out_dir(store: Path, window: str) -> Path:
@@ -158,6 +159,24 @@ def _report_png(res: Reconstruction, path: Path) -> None:
     plt.close(fig)
 
 
+def window_optics(attrs: dict[str, Any], cfg: ReconstructConfig, window: str) -> Optics | None:
+    """The optics the reconstruction applies to window ``window`` (:mod:`~btomo.reconstruct.ctf`):
+    its ``optics`` attribute under ``cfg.ctf = "auto"``, else none. A window without optics is
+    reconstructed without a transfer (a warning); malformed optics are a ``ValueError`` that says
+    which value is wrong (``reconstruct.ctf = "none"`` reconstructs such a window regardless)."""
+    if cfg.ctf == "none":
+        return None
+    raw = attrs.get("optics")
+    if raw is None:
+        log.warning("window %s records no optics (attribute 'optics'): its frames are taken as projections, "
+                    "without the microscope's contrast transfer", window)
+        return None
+    try:
+        return Optics.from_attrs(raw)
+    except ValueError as exc:
+        raise ValueError(f"window {window}: {exc} (reconstruct.ctf = 'none' ignores the optics)") from None
+
+
 def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | None = None,
                        cfg: ReconstructConfig | None = None, *, xp: Any = np,
                        on_round: Callable[[RoundLog], None] | None = None,
@@ -189,7 +208,8 @@ def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | Non
     bad = int((~prep.finite).sum())
     if bad:
         log.warning("window %s: %d of %d crops hold NaN or infinite values and are left out", window, bad, w.n)
-    res = reconstruct_images(prep, cfg, xp=xp, on_round=on_round, initial_atoms_A=initial_atoms_A)
+    optics = window_optics(w.attrs, cfg, window)
+    res = reconstruct_images(prep, cfg, xp=xp, on_round=on_round, initial_atoms_A=initial_atoms_A, optics=optics)
     last = res.rounds[-1]
     summary = {
         "window": window, "store": str(store), "out": str(out), "frames": w.n, "frames_used": int(prep.finite.sum()),
@@ -201,6 +221,7 @@ def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | Non
         "coverage": float(w.attrs["coverage"]), "atoms": len(res.atoms.positions_A),
         "initial_model": "spherical FCC" if initial_atoms_A is None else (initial_label
                                                                           or f"{len(initial_atoms_A)} given atoms"),
+        "optics": None if optics is None else optics.as_dict(),
         "resolution_A": res.resolution_A, "mean_score": last.mean_score,
         "map_model_correlation": res.atoms.model_correlation,
         "rounds": [dataclasses.asdict(r) for r in res.rounds], "seconds": dict(res.seconds),

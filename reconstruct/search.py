@@ -235,12 +235,18 @@ class OrientationSearch:
         Half-width of the local search around each coarse peak, deg.
     peaks : int
         Coarse peaks refined locally.
+    ring_filter : callable, optional
+        The images' contrast transfer as a function of spatial frequency (cycles/voxel, an
+        array): the reference's sections are multiplied by it ring by ring (it depends on
+        ``|k|`` only, so it commutes with the in-plane angle), so that they are compared with
+        what the microscope shows of the reference, not with its bare projection
+        (:mod:`~btomo.reconstruct.ctf`). ``None``: no transfer (1).
     xp : module
         ``numpy`` or ``cupy``.
     """
 
     def __init__(self, box: int, k_min: float, k_max: float, *, directions: int = 2500, local_deg: float = 10.0,
-                 peaks: int = 3, xp: Any = np):
+                 peaks: int = 3, ring_filter: Any = None, xp: Any = np):
         self.grid = PolarGrid.for_band(box, k_min, k_max)
         self.xp = xp
         self.peaks = max(1, int(peaks))
@@ -258,6 +264,11 @@ class OrientationSearch:
         for i, v in enumerate(lists):
             self.neighbours[i, :len(v)] = v
         self.weights = xp.ones(len(self.grid.radii), dtype=xp.float32)
+        ring = np.ones(len(self.grid.radii)) if ring_filter is None else np.asarray(ring_filter(self.grid.radii))
+        if ring.shape != (len(self.grid.radii),) or not np.isfinite(ring).all():
+            raise ValueError(f"ring_filter must give a finite factor per ring, shape ({len(self.grid.radii)},), got "
+                             f"shape {ring.shape}")
+        self.ring = xp.asarray(ring, dtype=xp.float32)
         self.flops = 0.0  # complex multiply-adds x 8 of the matrix products (benchmarks)
         # central sections of the last reference, kept for the next search against it (the
         # significance test searches the null images against the same reference)
@@ -285,7 +296,7 @@ class OrientationSearch:
             self._have[todo] = True
         return self._fine[xp.asarray(fine)]
 
-    def search(self, images_q, reference, batch: int = 32, *, samples=None, trials=None) -> SearchResult:
+    def search(self, images_q, reference, batch: int = 32, *, samples=None, trials=None, mates=None) -> SearchResult:
         """Best orientation of each image (harmonics from :func:`image_polar`) against
         ``reference`` (a map, or its :class:`~btomo.reconstruct.projection.Projector`).
 
@@ -302,11 +313,21 @@ class OrientationSearch:
         signal-to-noise ratio. Two passes: the coarse directions for every image, then the fine directions near
         each image's coarse peaks (only the fine sections some image needs are computed; they are kept, with
         the coarse ones, for the next search against the same ``Projector``). ``batch`` images go through
-        the coarse pass together, :data:`LOCAL_BATCH` through the local one."""
+        the coarse pass together, :data:`LOCAL_BATCH` through the local one.
+
+        With ``mates`` ``(g, 3, 3)`` (the rotations of the reference's lattice onto itself, in the
+        map's frame: the cube's 24), a third pass scores each image at every mate ``R S_g`` of
+        its best orientation ``R`` (exactly, every in-plane angle and shift) and keeps the best:
+        the coarse peaks are a few of the mates at best (they score alike on the fringes), so
+        without it a frame's mate is whichever the coarse noise put first, and a reference that
+        has broken the cube's symmetry cannot pull the frames onto their mates. (Searching the
+        fine grid near each mate instead picks the mate whose grid point happens to lie closest
+        to its symmetric orientation: the grid's error outweighs the shape's.)
+        ``SearchResult.direction`` is then -1."""
         xp = self.xp
         proj = reference if isinstance(reference, Projector) else Projector(xp.asarray(reference))
         white = (1.0 / xp.sqrt(xp.maximum(_ring_power(images_q, xp), 1e-30))).astype(xp.float32)
-        ref_c = self._sections(proj) * white[None, :, None]
+        ref_c = self._sections(proj) * (white * self.ring)[None, :, None]
         w = self.weights
         nc_c = _norms(ref_c, w, xp)
         ref_cm = xp.ascontiguousarray(xp.conj(ref_c * w[None, :, None]).transpose(2, 1, 0))  # (M, R, d)
@@ -322,11 +343,77 @@ class OrientationSearch:
             tops[i:i + nb] = to_numpy(xp.argsort(-score, axis=1)[:, :self.peaks])
         # fine sections near the peaks only
         cand = self.neighbours[tops].reshape(n, -1)  # (n, peaks * width), -1 padded
+        best_dir, best_psi, best_score, best_trial = self._local(images_q, samples, trials, proj, white, cand)
+        rot = rot_z(best_psi) @ self.fine_rot[best_dir]
+        if mates is not None:
+            rot, best_psi, best_score, best_trial = self._mates(images_q, samples, trials, proj, white, rot,
+                                                                 np.asarray(mates, dtype=np.float64))
+            best_dir = np.full(n, -1, dtype=np.int64)
+        shift = np.zeros((n, 2)) if trials is None else np.asarray(trials, dtype=np.float64)[best_trial]
+        return SearchResult(rot, best_dir, best_psi, best_score, shift)
+
+    def _mates(self, images_q, samples, trials, proj: Projector, white, rot: np.ndarray, mates: np.ndarray):
+        """Each image at the exact mates ``rot_i S_g`` of its orientation: the reference's section
+        along each mate's view direction (not the nearest grid direction, so that every mate is
+        scored as finely as the others and only the particle's shape, not the grid, tells them
+        apart), every in-plane angle and trial shift. Returns the best rotation, in-plane angle,
+        score and trial of each image."""
+        xp = self.xp
+        n, a, g = images_q.shape[0], self.grid.angles, mates.shape[0]
+        w = self.weights
+        out_rot = np.empty((n, 3, 3))
+        out_psi = np.empty(n)
+        out_score = np.empty(n)
+        out_trial = np.zeros(n, dtype=np.int64)
+        pts = xp.asarray(self.grid.points)
+        phase = None if trials is None else _shift_phase(xp.asarray(trials, dtype=xp.float64), pts, xp)
+        for i in range(0, n, LOCAL_BATCH):
+            q = xp.asarray(images_q[i:i + LOCAL_BATCH]) * white[None, :, None]
+            nb = q.shape[0]
+            views = np.einsum("nb,gbc->ngc", rot[i:i + nb, 2, :], mates).reshape(-1, 3)
+            rd = direction_rotations(views / np.linalg.norm(views, axis=1, keepdims=True))  # (nb g, 3, 3)
+            ref = reference_polar(proj, rd, self.grid) * (white * self.ring)[None, :, None]
+            ref = xp.conj(ref * w[None, :, None]) / _norms(ref, w, xp)[:, None, None]
+            ref = ref.reshape(nb, g, *ref.shape[1:]).transpose(0, 3, 1, 2)  # (nb, M, g, R)
+            if phase is None:
+                qt = q[:, None]
+            else:
+                p = xp.asarray(samples[i:i + nb])[:, None, :] * phase[None]
+                qt = _to_harmonics(p.reshape(-1, p.shape[2]), self.grid, xp).reshape(nb, phase.shape[0], *q.shape[1:])
+                qt = qt * white[None, None, :, None]
+            c2 = xp.matmul(xp.ascontiguousarray(ref), xp.ascontiguousarray(qt.transpose(0, 3, 2, 1)))  # (nb, M, g, T)
+            self.flops += 8.0 * c2.size * q.shape[1]
+            cc2 = xp.fft.irfft(c2, n=a, axis=1)  # (nb, A, g, T)
+            flat = xp.argmax(cc2.reshape(nb, -1), axis=1)
+            ct = cc2.shape[2] * cc2.shape[3]
+            k, rest = flat // ct, flat % ct
+            gi, ti = rest // cc2.shape[3], rest % cc2.shape[3]
+            rows = xp.arange(nb)
+            scale = a / _norms(q, w, xp)
+            s0 = cc2[rows, k, gi, ti] * scale
+            sm = cc2[rows, (k - 1) % a, gi, ti] * scale
+            sp = cc2[rows, (k + 1) % a, gi, ti] * scale
+            den = sm - 2 * s0 + sp
+            frac = xp.clip(xp.where(den < 0, 0.5 * (sm - sp) / xp.where(den < 0, den, -1.0), 0.0), -0.5, 0.5)
+            psi = to_numpy((k + frac) * (2 * math.pi / a))
+            pick = np.arange(nb) * g + to_numpy(gi)
+            out_rot[i:i + nb] = rot_z(psi) @ rd[pick]
+            out_psi[i:i + nb] = psi
+            out_score[i:i + nb] = to_numpy(s0)
+            out_trial[i:i + nb] = to_numpy(ti)
+        return out_rot, out_psi, out_score, out_trial
+
+    def _local(self, images_q, samples, trials, proj: Projector, white, cand: np.ndarray):
+        """The local pass: every image against its candidate fine directions ``cand`` (n, C)
+        (-1 padded), every in-plane angle and trial shift; the best of each image."""
+        xp = self.xp
+        n, a = images_q.shape[0], self.grid.angles
+        w = self.weights
         cand = np.where(cand < 0, cand.max(axis=1, keepdims=True), cand)
         needed = np.unique(cand)
         slot = np.full(len(self.fine_dirs), -1, dtype=np.int64)
         slot[needed] = np.arange(len(needed))
-        ref_f = self._sections(proj, needed) * white[None, :, None]
+        ref_f = self._sections(proj, needed) * (white * self.ring)[None, :, None]
         nc_f = _norms(ref_f, w, xp)
         # conjugated, weighted, divided by their norms, as (d, M, R): a gather of candidates is
         # then a stack of (C, R) matrices with unit stride, ready for BLAS
@@ -370,6 +457,4 @@ class OrientationSearch:
             best_psi[i:i + nb] = to_numpy((k + frac) * (2 * math.pi / a))
             best_score[i:i + nb] = to_numpy(s0)
             best_trial[i:i + nb] = to_numpy(ti)
-        rot = rot_z(best_psi) @ self.fine_rot[best_dir]
-        shift = np.zeros((n, 2)) if trials is None else np.asarray(trials, dtype=np.float64)[best_trial]
-        return SearchResult(rot, best_dir, best_psi, best_score, shift)
+        return best_dir, best_psi, best_score, best_trial

@@ -111,7 +111,10 @@ class AcquisitionConfig:
 
 @dataclass
 class MicroscopeConfig:
-    """Electron optics of the simulated microscope (TEAM I, paper Methods).
+    """Electron optics of the microscope (TEAM I, paper Methods): the simulator images with them,
+    the window stage writes them into every window (attribute ``optics``) and the reconstruction
+    compares frames with its reference through their contrast transfer. For a real microscope,
+    set them to its values.
 
     Attributes
     ----------

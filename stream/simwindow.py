@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -175,7 +175,7 @@ def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int =
         crops[i] = counts / lam0
     name = "p0_w0000"
     store = out / "windows.zarr"
-    w = WindowWriter(store, box=box, pixel_size_A=pix)
+    w = WindowWriter(store, box=box, pixel_size_A=pix, optics=asdict(cfg.microscope))
     t = acq / fps
     w.open_window(name, {"particle": 0, "t_start_s": 0.0, "pixel_size_A": pix})
     centre = np.full(frames, box / 2.0)

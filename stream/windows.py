@@ -5,7 +5,8 @@ holding ``frames`` (N x box x box, float32: the denoised crops, or the raw ones,
 ``windows.crops``; the attribute ``crops`` says which), the
 per-frame arrays ``frame`` (int64), ``t_s`` (float64), ``x_px``, ``y_px``, ``fft_peak``
 (float64), and the attributes ``particle``, ``t_start_s``, ``t_end_s``, ``pixel_size_A``,
-``coverage``, ``complete`` and ``diameter_nm``. ``complete`` becomes true only after every byte
+``coverage``, ``complete``, ``diameter_nm`` and ``optics`` (the run's ``microscope`` settings,
+whose contrast transfer the reconstruction applies). ``complete`` becomes true only after every byte
 of the window is on disk (files and directories fsynced): a crash leaves earlier windows whole,
 and the torn one readable by any Zarr v3 reader and marked incomplete.
 
@@ -16,6 +17,7 @@ dropped; the waits are counted). ``frames`` is compressed with Blosc (lz4, bitsh
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -85,6 +87,9 @@ class WindowWriter:
     box : int
         Crop side, px.
     pixel_size_A : float
+    optics : dict, optional
+        The microscope's optics (the run's ``microscope`` settings), written into every window
+        as the attribute ``optics``: the reconstruction applies their contrast transfer.
     chunk_frames : int
         Crops per chunk of ``frames`` (every append but a window's last is a whole chunk).
     queue_chunks : int
@@ -93,13 +98,14 @@ class WindowWriter:
         Called with a window's name (in the writer thread) once it is durable and ``complete``.
     """
 
-    def __init__(self, path: Path, *, box: int, pixel_size_A: float, chunk_frames: int = 64, queue_chunks: int = 8,
-                 on_complete: Any = None):
+    def __init__(self, path: Path, *, box: int, pixel_size_A: float, optics: dict[str, float] | None = None,
+                 chunk_frames: int = 64, queue_chunks: int = 8, on_complete: Any = None):
         import zarr  # noqa: PLC0415
 
         self.path = Path(path)
         self.box = box
         self.pixel_size_A = pixel_size_A
+        self.optics = None if optics is None else {k: float(v) for k, v in optics.items()}
         self.chunk_frames = chunk_frames
         self.on_complete = on_complete
         self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
@@ -191,7 +197,10 @@ class WindowWriter:
         if name in self.root:
             raise FileExistsError(f"window {name} exists in {self.path}")
         g = self.root.create_group(name)
-        g.attrs.update({"pixel_size_A": self.pixel_size_A, "coverage": 0.0, **attrs, "complete": False})
+        first = {"pixel_size_A": self.pixel_size_A, "coverage": 0.0}
+        if self.optics is not None:
+            first["optics"] = self.optics
+        g.attrs.update({**first, **attrs, "complete": False})
         b = self.box
         g.create_array("frames", shape=(0, b, b), chunks=(self.chunk_frames, b, b), dtype="float32",
                        compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()])
@@ -328,6 +337,7 @@ class WindowStage:
     def _ensure_writer(self) -> WindowWriter:
         if self.writer is None:
             self.writer = WindowWriter(self.run_dir / "windows.zarr", box=self.box, pixel_size_A=self.pix,
+                                       optics=dataclasses.asdict(self.cfg.microscope),
                                        chunk_frames=self.w.chunk_frames, on_complete=self._window_complete)
         return self.writer
 

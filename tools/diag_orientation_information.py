@@ -32,10 +32,12 @@ from ase.io import read
 from btomo.kernels.coverage import cubic_rotations
 from btomo.kernels.rotation import quat_to_matrix
 from btomo.reconstruct.evaluate import orientation_errors
+from btomo.reconstruct.config import ReconstructConfig
 from btomo.reconstruct.preprocess import prepare
 from btomo.reconstruct.projection import Projector
 from btomo.reconstruct.refine import SHIFT_STEP_PX, initial_model
 from btomo.reconstruct.search import OrientationSearch, _to_harmonics, image_polar_samples, shift_trials
+from btomo.reconstruct.run import window_optics
 from btomo.reconstruct.window import read_window
 
 UP = 4  # shift resolution of the scorer: 1 / UP voxel
@@ -43,13 +45,16 @@ UP = 4  # shift resolution of the scorer: 1 / UP voxel
 
 class Scorer:
     """Normalised, ring-whitened cross-correlation of crops with a map's projections, maximised
-    over shifts within ``max_shift`` voxels on a 1/UP-voxel grid."""
+    over shifts within ``max_shift`` voxels on a 1/UP-voxel grid; with ``transfer`` (a function
+    of cycles/voxel) the projections go through the microscope's contrast transfer first."""
 
-    def __init__(self, images: np.ndarray, reference: np.ndarray, k_min: float, k_max: float, max_shift: float):
+    def __init__(self, images: np.ndarray, reference: np.ndarray, k_min: float, k_max: float, max_shift: float,
+                 transfer=None):
         n, box = images.shape[0], images.shape[1]
         self.box = box
         f = np.fft.fftfreq(box)
         k = np.hypot(*np.meshgrid(f, f, indexing="ij"))
+        self.ctf = np.ones_like(k) if transfer is None else np.asarray(transfer(k))
         self.F = np.fft.fft2(np.fft.ifftshift(images.astype(np.float64), axes=(1, 2)))
         ring = np.rint(k * box).astype(int)
         power = np.bincount(ring.ravel(), (np.abs(self.F) ** 2).mean(0).ravel()) / np.bincount(ring.ravel())
@@ -62,7 +67,7 @@ class Scorer:
 
     def __call__(self, idx: np.ndarray, rotations: np.ndarray) -> np.ndarray:
         box, h = self.box, self.box // 2
-        P = np.fft.fft2(np.fft.ifftshift(self.proj.project(rotations), axes=(1, 2)))
+        P = np.fft.fft2(np.fft.ifftshift(self.proj.project(rotations), axes=(1, 2))) * self.ctf
         nP = np.sqrt((np.abs(P) ** 2 * self.W).sum((1, 2)))
         X = self.F[idx] * np.conj(P) * self.W
         Xp = np.zeros((len(idx), UP * box, UP * box), complex)
@@ -80,6 +85,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=5, help="centre frames for the common-orientation groups")
     ap.add_argument("--peaks", type=int, default=3, help="coarse peaks of the search check")
     ap.add_argument("--lowpass", type=float, default=1.5, help="A")
+    ap.add_argument("--ctf", choices=("auto", "none"), default="auto",
+                    help="the window's optics' contrast transfer on the projections (auto) or none")
     args = ap.parse_args()
     t0 = time.perf_counter()
     w = read_window(args.out / "windows.zarr", "p0_w0000")
@@ -93,8 +100,11 @@ def main() -> None:
     ref = initial_model(prep.diameter_A, box, vox, args.lowpass, truth)
     k_max, k_min = min(0.5, vox / args.lowpass), max(2.0 / box, vox / 25.0)
     max_shift = 5.0 / prep.bin
-    score = Scorer(prep.images, ref, k_min, k_max, max_shift)
+    optics = window_optics(w.attrs, ReconstructConfig(ctf=args.ctf), "p0_w0000")
+    transfer = None if optics is None else (lambda k: optics.transfer(np.asarray(k) / vox, vox / prep.bin))
+    score = Scorer(prep.images, ref, k_min, k_max, max_shift, transfer)
     every = np.arange(n)
+    print(f"contrast transfer: {optics or 'none'}")
     print(f"{n} frames, box {box}, voxel {vox:.3f} A, band {vox / k_max:.2f}-{vox / k_min:.1f} A")
 
     q = np.random.default_rng(0).normal(size=(n, 4))
@@ -118,7 +128,8 @@ def main() -> None:
               f"{np.mean(hit_own):.3f}, all at the centre frame's {np.mean(hit_common):.3f}", flush=True)
 
     sub = np.arange(0, n, 4)
-    search = OrientationSearch(box, k_min, k_max, directions=2500, local_deg=10.0, peaks=args.peaks)
+    search = OrientationSearch(box, k_min, k_max, directions=2500, local_deg=10.0, peaks=args.peaks,
+                               ring_filter=transfer)
     trials = shift_trials(SHIFT_STEP_PX, max(1, math.ceil(max_shift / SHIFT_STEP_PX - 1e-9)))
     trials = trials[np.hypot(trials[:, 0], trials[:, 1]) <= max(max_shift, SHIFT_STEP_PX) + 1e-9]
     p = image_polar_samples(prep.images[sub], search.grid)

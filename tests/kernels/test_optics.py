@@ -73,3 +73,26 @@ def test_objective_lens_matches_the_separate_formulas():
             * temporal_envelope(k, lam, delta)
         np.testing.assert_allclose(lens.transfer(df), ref, atol=2e-6)
     assert lens.transfer(-57.0) is lens.transfer(-57.0)  # computed once
+
+
+def test_phase_contrast_transfer_is_the_first_order_image_of_a_weak_phase_object():
+    """The image of a weak phase grating through the full lens (|ifft(fft(exp(i phi)) H)|^2)
+    equals 1 + phi filtered by phase_contrast_transfer, frequency by frequency; it is positive
+    over the lattice band for the paper's optics and vanishes towards zero frequency."""
+    from btomo.kernels.optics import ObjectiveLens, phase_contrast_transfer
+
+    lam, cs, df, pix, n = electron_wavelength(300), -11e4, -57.0, 0.2, 128
+    lens = ObjectiveLens((n, n), pix, wavelength_A=lam, cs_A=cs, convergence_rad=4e-3, focal_spread_A=20.0)
+    rng = np.random.default_rng(0)
+    phi = 1e-3 * rng.standard_normal((n, n))  # weak: second order is 1e-6 of the first
+    wave = np.fft.ifft2(np.fft.fft2(np.exp(1j * phi)) * lens.transfer(df))
+    image = np.abs(wave) ** 2
+    ky = np.fft.fftfreq(n, d=pix)[:, None]
+    kx = np.fft.fftfreq(n, d=pix)[None, :]
+    ctf = phase_contrast_transfer(np.hypot(ky, kx), wavelength_A=lam, defocus_A=df, cs_A=cs,
+                                  convergence_rad=4e-3, focal_spread_A=20.0)
+    first_order = 1.0 + np.fft.ifft2(np.fft.fft2(phi) * ctf).real
+    assert np.abs(image - first_order).max() < 2e-3 * np.abs(first_order - 1).max()
+    band = phase_contrast_transfer(np.array([1 / 2.27, 1 / 1.96, 1 / 1.5]), wavelength_A=lam, defocus_A=df, cs_A=cs)
+    assert (band > 0.5).all(), band
+    assert abs(phase_contrast_transfer(np.array([0.02]), wavelength_A=lam, defocus_A=df, cs_A=cs)[0]) < 0.01

@@ -144,3 +144,53 @@ def test_a_given_initial_model_is_the_first_reference(window, tmp_path, capsys):
                  str(tmp_path / "big.xyz")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the pre-processing's log line
     assert "the initial model reaches" in last and "expected at most" in last, last
+
+
+def test_the_window_records_its_optics_and_the_reconstruction_reads_them(window, caplog):
+    """simulate_window writes the microscope's optics into the window; the reconstruction applies
+    their transfer, takes a window without optics as projections (with a warning), and refuses
+    malformed ones with a message that names the value."""
+    import dataclasses
+    import logging
+
+    from btomo.reconstruct.ctf import Optics
+    from btomo.reconstruct.run import window_optics
+
+    w = read_window(window.store, window.name)
+    cfg = small_config()
+    assert w.attrs["optics"] == {k: float(v) for k, v in dataclasses.asdict(cfg.microscope).items()}
+    optics = window_optics(w.attrs, ReconstructConfig(), window.name)
+    assert optics == Optics(**w.attrs["optics"])
+    # white atoms over the lattice band, nearly nothing of the outline
+    band = optics.transfer(np.array([1 / 20.0, 1 / 2.27, 1 / 1.96]), w.pixel_size_A)
+    assert band[0] < 0.1 and (band[1:] > 0.5).all(), band
+    assert window_optics(w.attrs, ReconstructConfig(ctf="none"), window.name) is None
+    with caplog.at_level(logging.WARNING):
+        assert window_optics({k: v for k, v in w.attrs.items() if k != "optics"}, ReconstructConfig(), "p0") is None
+    assert "no optics" in caplog.text
+    bad = {**w.attrs, "optics": {**w.attrs["optics"], "defocus_A": "near"}}
+    with pytest.raises(ValueError, match="optics.defocus_A must be a number.*ctf = 'none'"):
+        window_optics(bad, ReconstructConfig(), "p0")
+    with pytest.raises(ValueError, match="lack 'cs_um'"):
+        window_optics({"optics": {"voltage_kv": 300}}, ReconstructConfig(), "p0")
+    with pytest.raises(ValueError, match="reconstruct.ctf must be"):
+        ReconstructConfig(ctf="yes").validate()
+
+
+@pytest.mark.slow
+def test_the_lattice_occupancy_and_the_mate_pass_break_the_cube_symmetry(window, tmp_path):
+    """From the cubic spherical start, the refinement keeps the cube-symmetrised particle (the 8
+    removed surface sites come back); the lattice occupancy stage gives an asymmetric reference
+    and the mate pass lets the frames follow it onto their own mates: the crystal itself, every
+    atom right. Without the mate pass the map falls back to the symmetrised particle."""
+    from btomo.reconstruct.run import reconstruct_window
+
+    scores = {}
+    for mates in (True, False):
+        out = tmp_path / f"mates_{mates}"
+        reconstruct_window(window.store, window.name, out,
+                           ReconstructConfig(rounds=4, directions=600, occupancy_rounds=2, mates=mates))
+        scores[mates] = superpose_atoms(ase_read(out / "atoms.xyz").positions, window.atoms_A)
+    assert scores[True].recall >= 0.98 and scores[True].precision >= 0.98, scores[True].as_dict()
+    assert scores[True].rmsd_A <= 0.15, scores[True].as_dict()
+    assert scores[False].precision < scores[True].precision - 0.02, scores[False].as_dict()

@@ -146,3 +146,52 @@ def test_search_reuses_a_references_sections_and_never_a_stale_one():
     np.testing.assert_array_equal(after.rotations, fresh.rotations)
     np.testing.assert_array_equal(after.score, fresh.score)
     assert np.median(angle_between(after.rotations, rots)) > 20.0
+
+
+def test_the_ring_filter_compares_images_through_their_contrast_transfer():
+    """Images through a transfer that flips the contrast of some rings (a CTF past its first zero)
+    are matched once the reference's sections go through the same transfer, and worse without."""
+    atoms = _cluster()
+    rng = np.random.default_rng(6)
+    rots = quat_to_matrix(random_quaternion(rng, 30))
+    f = np.fft.fftfreq(GAUSS_BOX)
+    k = np.hypot(f[:, None], f[None, :])
+
+    def transfer(kk):
+        return np.sin(2 * np.pi * (np.asarray(kk) / 0.2) ** 2)  # zeros at 0.2, 0.28, 0.35 cycles/voxel
+
+    imgs = np.fft.ifft2(np.fft.fft2(np.fft.ifftshift(gaussian_atoms_projections(atoms, rots), axes=(1, 2)))
+                        * transfer(k)).real
+    imgs = np.fft.fftshift(imgs, axes=(1, 2))
+    vol = gaussian_atoms_volume(atoms)
+    with_ctf = OrientationSearch(GAUSS_BOX, 0.03, 0.45, directions=1000, ring_filter=transfer)
+    found = with_ctf.search(image_polar(imgs, with_ctf.grid), vol)
+    err = angle_between(found.rotations, rots)
+    assert np.median(err) < 2.5 and found.score.mean() > 0.75, (np.median(err), found.score.mean())
+    plain = OrientationSearch(GAUSS_BOX, 0.03, 0.45, directions=1000)
+    lost = plain.search(image_polar(imgs, plain.grid), vol)
+    assert lost.score.mean() < found.score.mean() - 0.3 and np.median(angle_between(lost.rotations, rots)) > 5.0
+    with pytest.raises(ValueError, match="factor per ring"):
+        OrientationSearch(GAUSS_BOX, 0.03, 0.45, directions=100, ring_filter=lambda kk: np.ones(3))
+
+
+def test_the_mate_pass_moves_frames_onto_the_mate_that_matches():
+    """Frames whose orientation is right modulo the cube but on a wrong mate (of an asymmetric
+    cluster on a cubic lattice) are put on the right one by scoring every mate exactly."""
+    from btomo.kernels.coverage import cubic_rotations
+    from btomo.reconstruct.search import _ring_power
+
+    atoms = _cluster()
+    rng = np.random.default_rng(7)
+    rots = quat_to_matrix(random_quaternion(rng, 24))
+    imgs = gaussian_atoms_projections(atoms, rots)
+    mates = cubic_rotations()
+    wrong = rots @ mates[rng.permutation(24)]  # every frame on some mate, most of them wrong
+    s = OrientationSearch(GAUSS_BOX, 0.03, 0.45, directions=200)
+    q = image_polar(imgs, s.grid)
+    white = (1.0 / np.sqrt(_ring_power(q, np))).astype(np.float32)
+    proj = Projector(gaussian_atoms_volume(atoms))
+    assert np.median(angle_between(wrong, rots)) > 60
+    rot, _, score, _ = s._mates(q, None, None, proj, white, wrong, mates)
+    err = angle_between(rot, rots)
+    assert np.max(err) < 1.0 and score.min() > 0.95, (err, score)

@@ -1,5 +1,6 @@
 """The window stage's rules on rows fed directly (no pipeline): closing on time when a late lattice
 frame comes, on a change of diameter, at the end; the confirmation of views before they count."""
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -79,6 +80,8 @@ def test_windows_keep_the_raw_or_the_denoised_crops_as_configured(tmp_path, meth
     g = zarr.open_group(str(tmp_path / "windows.zarr"), mode="r")["p0_w0000"]
     assert g.attrs["crops"] == want
     assert np.all(g["frames"][:] == (7.0 if want == "raw" else 1.0))
+    # the microscope's optics travel with the window, for the reconstruction's contrast transfer
+    assert g.attrs["optics"] == {k: float(v) for k, v in dataclasses.asdict(cfg.microscope).items()}
 
 
 def test_raw_crops_asked_for_but_not_given_is_an_error_not_a_silent_substitute(tmp_path):
