@@ -11,6 +11,12 @@ translation and an inversion:
   (:func:`btomo.kernels.superpose.superpose`).
 * :func:`match_atoms` pairs atoms one to one (Hungarian) within ``within_A`` (1 A): recall =
   pairs / true atoms, precision = pairs / found atoms, RMSD over the pairs.
+* :func:`removed_sites_left_empty`: of the sites of surface atoms taken away from a cubic shape
+  (the simulator's ``remove_surface``), the fraction the superposed reconstruction leaves empty.
+  On a nearly cubic particle those sites are the only features that tell the cube's mates apart,
+  so recall and precision alone cannot say whether the shape was found: the cube-symmetrised
+  answer (every site filled) scores 0, and the same number of vacancies at wrong sites scores
+  recall and precision near 1 - k / n all the same.
 * :func:`orientation_errors` finds the fixed rotation between the two frames from the
   orientations themselves (robustly: candidates from single frames, the most consistent kept),
   for both hands and, for a cubic particle, up to its 24 symmetry mates, and returns each
@@ -29,7 +35,8 @@ from btomo.kernels.superpose import superpose
 
 from .search import angle_between, rot_z
 
-__all__ = ["AtomScore", "match_atoms", "superpose_atoms", "orientation_errors", "is_centrosymmetric"]
+__all__ = ["AtomScore", "match_atoms", "superpose_atoms", "removed_sites_left_empty", "orientation_errors",
+           "is_centrosymmetric"]
 
 
 @dataclass
@@ -67,6 +74,20 @@ def superpose_atoms(found: np.ndarray, true: np.ndarray, *, starts: list[np.ndar
     sup = superpose(found, true, allow_inversion=True, starts=starts, within_A=within_A)
     m = len(sup.pairs[0])
     return AtomScore(len(true), len(found), m, m / len(true), m / len(found), sup.rmsd_A, sup.inverted, sup.aligned)
+
+
+def removed_sites_left_empty(aligned_A: np.ndarray, removed_A: np.ndarray, within_A: float = 1.0) -> float:
+    """The fraction of ``removed_A`` (k, 3), the truth's empty sites, with no atom of ``aligned_A``
+    (the found atoms in the truth's frame, :attr:`AtomScore.aligned_A`) within ``within_A``; NaN
+    when there are none (see the module)."""
+    removed = np.asarray(removed_A, dtype=np.float64).reshape(-1, 3)
+    if len(removed) == 0:
+        return float("nan")
+    aligned = np.asarray(aligned_A, dtype=np.float64).reshape(-1, 3)
+    if len(aligned) == 0:
+        return 1.0
+    d, _ = cKDTree(aligned).query(removed)
+    return float((d > within_A).mean())
 
 
 def is_centrosymmetric(atoms: np.ndarray, tol_A: float = 0.1) -> bool:

@@ -18,9 +18,10 @@ change:
   axis) and off the focal plane by ``z_sigma_A`` (its defocus changes);
 * counts divided by the vacuum dose (the crops' scale is arbitrary, as after a denoiser).
 
-The truth goes to ``OUT/truth/``: ``atoms.xyz`` (the particle, A, centroid at the origin) and
-``frames.csv`` (frame, quaternion particle -> lab, the particle's offset in the crop in A, its
-height).
+The truth goes to ``OUT/truth/``: ``atoms.xyz`` (the particle, A, centroid at the origin),
+``removed_sites.xyz`` (the lattice sites of the surface atoms taken away, same frame; no atoms
+when none were) and ``frames.csv`` (frame, quaternion particle -> lab, the particle's offset in
+the crop in A, its height).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class SimulatedWindow:
     store: Path
     name: str
     atoms_A: np.ndarray  # (n, 3) x, y, z, centroid at the origin
+    removed_A: np.ndarray  # (k, 3) the sites of the surface atoms taken away, same frame
     quaternions: np.ndarray  # (frames, 4)
     offsets_A: np.ndarray  # (frames, 2) x, y of the particle's centroid from the crop centre
     z_A: np.ndarray  # (frames,)
@@ -142,10 +144,13 @@ def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int =
     rng = np.random.default_rng([seed, 71])
     s = cfg.sample
     atoms = fcc_cluster(s.diameter_nm, shape or s.morphology, s.lattice_A, seed=seed)
+    removed = np.zeros((0, 3))
     if remove_surface > 0:
         surface = np.flatnonzero(coordination_numbers(atoms) < 12)
         gone = rng.choice(surface, size=min(remove_surface, len(surface)), replace=False)
+        removed = atoms[gone]
         atoms = np.delete(atoms, gone, axis=0)
+    removed = removed - atoms.mean(axis=0)
     atoms = atoms - atoms.mean(axis=0)
     diam = equivalent_diameter_A(len(atoms), s.lattice_A)
     acq = np.arange(frames)
@@ -196,10 +201,13 @@ def simulate_window(cfg: RunConfig, out: str | Path, frames: int, *, seed: int =
     from ase.io import write as ase_write  # noqa: PLC0415
 
     ase_write(truth / "atoms.xyz", Atoms("Pt" * len(atoms), positions=atoms), format="xyz")
+    # the lattice sites of the surface atoms taken away (empty when none): the only features that
+    # tell a cube-symmetric shape's mates apart
+    ase_write(truth / "removed_sites.xyz", Atoms("Pt" * len(removed), positions=removed), format="xyz")
     with open(truth / "frames.csv", "w", newline="") as fh:
         wr = csv.writer(fh)
         wr.writerow(["frame", "qw", "qx", "qy", "qz", "dx_A", "dy_A", "z_A"])
         for i in range(frames):
             wr.writerow([int(acq[i]), *(f"{v:.9f}" for v in quats[i]), f"{offsets[i, 0]:.4f}", f"{offsets[i, 1]:.4f}",
                          f"{z[i]:.2f}"])
-    return SimulatedWindow(store, name, atoms, quats, offsets, z)
+    return SimulatedWindow(store, name, atoms, removed, quats, offsets, z)

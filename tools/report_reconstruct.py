@@ -22,7 +22,8 @@ import numpy as np
 from ase.io import read
 
 from btomo.kernels.rotation import quat_to_matrix
-from btomo.reconstruct.evaluate import is_centrosymmetric, orientation_errors, superpose_atoms
+from btomo.reconstruct.evaluate import (is_centrosymmetric, orientation_errors, removed_sites_left_empty,
+                                       superpose_atoms)
 from btomo.reconstruct.run import reconstruct_window
 from btomo.stream.config import load_config
 from btomo.stream.simwindow import simulate_window
@@ -40,8 +41,12 @@ def evaluate(out: Path, recon: Path) -> dict:
     err, _, inverted = orientation_errors(quat_to_matrix(qr), quat_to_matrix(qt[idx]),
                                          centrosymmetric=is_centrosymmetric(truth))
     score = superpose_atoms(found, truth)
+    gone = out / "truth" / "removed_sites.xyz"
+    removed = read(gone).positions if gone.exists() and gone.stat().st_size > 4 else np.zeros((0, 3))
     summary = json.loads((recon / "reconstruction.json").read_text())
-    return {**score.as_dict(), "orientation_median_deg": float(np.median(err)),
+    return {**score.as_dict(), "removed_sites": len(removed),
+            "removed_sites_left_empty": removed_sites_left_empty(score.aligned_A, removed),
+            "orientation_median_deg": float(np.median(err)),
             "orientation_p90_deg": float(np.percentile(err, 90)), "orientations_inverted": inverted,
             "in_map": int(in_map.sum()), "orientation_median_in_map_deg": float(np.median(err[in_map])),
             "resolution_A": summary["resolution_A"], "frames": summary["frames_used"],

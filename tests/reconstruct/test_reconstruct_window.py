@@ -13,7 +13,7 @@ from btomo.kernels.crystal import fcc_cluster
 from btomo.kernels.rotation import quat_to_matrix, random_quaternion
 from btomo.reconstruct.atoms import find_atoms
 from btomo.reconstruct.config import ReconstructConfig
-from btomo.reconstruct.evaluate import orientation_errors, superpose_atoms
+from btomo.reconstruct.evaluate import orientation_errors, removed_sites_left_empty, superpose_atoms
 from btomo.reconstruct.insertion import FourierInserter
 from btomo.reconstruct.preprocess import prepare
 from btomo.reconstruct.refine import shift_images
@@ -193,4 +193,6 @@ def test_the_lattice_occupancy_and_the_mate_pass_break_the_cube_symmetry(window,
         scores[mates] = superpose_atoms(ase_read(out / "atoms.xyz").positions, window.atoms_A)
     assert scores[True].recall >= 0.98 and scores[True].precision >= 0.98, scores[True].as_dict()
     assert scores[True].rmsd_A <= 0.15, scores[True].as_dict()
+    # the shape itself: the sites of the 8 removed surface atoms stay empty
+    assert removed_sites_left_empty(scores[True].aligned_A, window.removed_A) >= 0.85
     assert scores[False].precision < scores[True].precision - 0.02, scores[False].as_dict()

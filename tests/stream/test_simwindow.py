@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import zarr
+from ase.io import read
 
 from btomo.kernels.crystal import equivalent_diameter_A
 from btomo.kernels.rotation import quat_to_matrix
@@ -52,6 +53,7 @@ def test_brownian_window_writes_times_and_truth(tmp_path):
     np.testing.assert_allclose(t, frame / 400.0)
     rows = list(csv.DictReader(open(tmp_path / "truth" / "frames.csv")))
     assert [int(r["frame"]) for r in rows] == frame.tolist()
+    assert len(read(tmp_path / "truth" / "removed_sites.xyz")) == 0 and sw.removed_A.shape == (0, 3)
     q = np.array([[float(r[k]) for k in ("qw", "qx", "qy", "qz")] for r in rows])
     np.testing.assert_allclose(q, sw.quaternions, atol=1e-8)
     # consecutive lattice frames are close in orientation (a few degrees per frame at 2 rad^2/s)
