@@ -359,14 +359,14 @@ class OrientationSearch:
         apart), every in-plane angle and trial shift. Returns the best rotation, in-plane angle,
         score and trial of each image."""
         xp = self.xp
-        n, a, g = images_q.shape[0], self.grid.angles, mates.shape[0]
+        n, g = images_q.shape[0], mates.shape[0]
         w = self.weights
         out_rot = np.empty((n, 3, 3))
         out_psi = np.empty(n)
         out_score = np.empty(n)
         out_trial = np.zeros(n, dtype=np.int64)
-        pts = xp.asarray(self.grid.points)
-        phase = None if trials is None else _shift_phase(xp.asarray(trials, dtype=xp.float64), pts, xp)
+        phase = None if trials is None else _shift_phase(xp.asarray(trials, dtype=xp.float64),
+                                                         xp.asarray(self.grid.points), xp)  # (T, RA)
         for i in range(0, n, LOCAL_BATCH):
             q = xp.asarray(images_q[i:i + LOCAL_BATCH]) * white[None, :, None]
             nb = q.shape[0]
@@ -375,39 +375,21 @@ class OrientationSearch:
             ref = reference_polar(proj, rd, self.grid) * (white * self.ring)[None, :, None]
             ref = xp.conj(ref * w[None, :, None]) / _norms(ref, w, xp)[:, None, None]
             ref = ref.reshape(nb, g, *ref.shape[1:]).transpose(0, 3, 1, 2)  # (nb, M, g, R)
-            if phase is None:
-                qt = q[:, None]
-            else:
-                p = xp.asarray(samples[i:i + nb])[:, None, :] * phase[None]
-                qt = _to_harmonics(p.reshape(-1, p.shape[2]), self.grid, xp).reshape(nb, phase.shape[0], *q.shape[1:])
-                qt = qt * white[None, None, :, None]
+            qt = self._shifted(q, samples, i, phase, white)
             c2 = xp.matmul(xp.ascontiguousarray(ref), xp.ascontiguousarray(qt.transpose(0, 3, 2, 1)))  # (nb, M, g, T)
             self.flops += 8.0 * c2.size * q.shape[1]
-            cc2 = xp.fft.irfft(c2, n=a, axis=1)  # (nb, A, g, T)
-            flat = xp.argmax(cc2.reshape(nb, -1), axis=1)
-            ct = cc2.shape[2] * cc2.shape[3]
-            k, rest = flat // ct, flat % ct
-            gi, ti = rest // cc2.shape[3], rest % cc2.shape[3]
-            rows = xp.arange(nb)
-            scale = a / _norms(q, w, xp)
-            s0 = cc2[rows, k, gi, ti] * scale
-            sm = cc2[rows, (k - 1) % a, gi, ti] * scale
-            sp = cc2[rows, (k + 1) % a, gi, ti] * scale
-            den = sm - 2 * s0 + sp
-            frac = xp.clip(xp.where(den < 0, 0.5 * (sm - sp) / xp.where(den < 0, den, -1.0), 0.0), -0.5, 0.5)
-            psi = to_numpy((k + frac) * (2 * math.pi / a))
-            pick = np.arange(nb) * g + to_numpy(gi)
-            out_rot[i:i + nb] = rot_z(psi) @ rd[pick]
+            psi, score, gi, ti = self._best_in_plane(c2, _norms(q, w, xp))
+            out_rot[i:i + nb] = rot_z(psi) @ rd[np.arange(nb) * g + gi]
             out_psi[i:i + nb] = psi
-            out_score[i:i + nb] = to_numpy(s0)
-            out_trial[i:i + nb] = to_numpy(ti)
+            out_score[i:i + nb] = score
+            out_trial[i:i + nb] = ti
         return out_rot, out_psi, out_score, out_trial
 
     def _local(self, images_q, samples, trials, proj: Projector, white, cand: np.ndarray):
         """The local pass: every image against its candidate fine directions ``cand`` (n, C)
         (-1 padded), every in-plane angle and trial shift; the best of each image."""
         xp = self.xp
-        n, a = images_q.shape[0], self.grid.angles
+        n = images_q.shape[0]
         w = self.weights
         cand = np.where(cand < 0, cand.max(axis=1, keepdims=True), cand)
         needed = np.unique(cand)
@@ -422,39 +404,56 @@ class OrientationSearch:
         best_psi = np.empty(n)
         best_score = np.empty(n)
         best_trial = np.zeros(n, dtype=np.int64)
-        pts = xp.asarray(self.grid.points)
-        phase = None if trials is None else _shift_phase(xp.asarray(trials, dtype=xp.float64), pts, xp)  # (T, RA)
+        phase = None if trials is None else _shift_phase(xp.asarray(trials, dtype=xp.float64),
+                                                         xp.asarray(self.grid.points), xp)  # (T, RA)
         for i in range(0, n, LOCAL_BATCH):
             q = xp.asarray(images_q[i:i + LOCAL_BATCH]) * white[None, :, None]
             nb = q.shape[0]
-            ni = _norms(q, w, xp)
-            if phase is None:
-                qt = q[:, None]  # (nb, 1, R, M)
-            else:  # the particle at +t more than given: its samples times exp(2 pi i k.t)
-                p = xp.asarray(samples[i:i + nb])[:, None, :] * phase[None]  # (nb, T, RA)
-                qt = _to_harmonics(p.reshape(-1, p.shape[2]), self.grid, xp).reshape(nb, phase.shape[0], *q.shape[1:])
-                qt = qt * white[None, None, :, None]
+            qt = self._shifted(q, samples, i, phase, white)
             cb = cand[i:i + nb]
             cx = xp.asarray(slot[cb])
             # (nb, M, C, R) @ (nb, M, R, T): a batched product per image and harmonic
             refs = ref_f[cx].transpose(0, 2, 1, 3)  # (nb, M, C, R)
             c2 = xp.matmul(refs, xp.ascontiguousarray(qt.transpose(0, 3, 2, 1)))  # (nb, M, C, T)
             self.flops += 8.0 * c2.size * q.shape[1]
-            cc2 = xp.fft.irfft(c2, n=a, axis=1)  # (nb, A, C, T), times 1 / a; the image's norm is common
-            flat = xp.argmax(cc2.reshape(nb, -1), axis=1)
-            ct = cc2.shape[2] * cc2.shape[3]
-            k, rest = flat // ct, flat % ct
-            ci, ti = rest // cc2.shape[3], rest % cc2.shape[3]
-            rows = xp.arange(nb)
-            scale = a / ni
-            s0 = cc2[rows, k, ci, ti] * scale
-            sm = cc2[rows, (k - 1) % a, ci, ti] * scale
-            sp = cc2[rows, (k + 1) % a, ci, ti] * scale
-            den = sm - 2 * s0 + sp
-            frac = xp.where(den < 0, 0.5 * (sm - sp) / xp.where(den < 0, den, -1.0), 0.0)
-            frac = xp.clip(frac, -0.5, 0.5)
-            best_dir[i:i + nb] = cb[np.arange(nb), to_numpy(ci)]
-            best_psi[i:i + nb] = to_numpy((k + frac) * (2 * math.pi / a))
-            best_score[i:i + nb] = to_numpy(s0)
-            best_trial[i:i + nb] = to_numpy(ti)
+            psi, score, ci, ti = self._best_in_plane(c2, _norms(q, w, xp))
+            best_dir[i:i + nb] = cb[np.arange(nb), ci]
+            best_psi[i:i + nb] = psi
+            best_score[i:i + nb] = score
+            best_trial[i:i + nb] = ti
         return best_dir, best_psi, best_score, best_trial
+
+    def _shifted(self, q, samples, start: int, phase, white):
+        """The whitened harmonics ``q`` (nb, R, M) of images ``start..start + nb`` at every trial
+        shift, (nb, T, R, M): the particle at +t more than given is the images' polar samples times
+        ``exp(2 pi i k.t)`` (``phase``, (T, RA)); ``(nb, 1, R, M)`` without trials."""
+        if phase is None:
+            return q[:, None]
+        xp = self.xp
+        nb = q.shape[0]
+        p = xp.asarray(samples[start:start + nb])[:, None, :] * phase[None]  # (nb, T, RA)
+        qt = _to_harmonics(p.reshape(-1, p.shape[2]), self.grid, xp).reshape(nb, phase.shape[0], *q.shape[1:])
+        return qt * white[None, None, :, None]
+
+    def _best_in_plane(self, c2, norms):
+        """The best in-plane angle of each image from its correlations' angular harmonics ``c2``
+        (nb, M, C, T) against C references at T shifts, divided by the images' ``norms``: the
+        inverse FFT over the harmonics, the maximum over angles, references and shifts, and a
+        parabola through it and its two angular neighbours. Returns (NumPy) the angle (rad), the
+        score, and the reference and shift indices of each image."""
+        xp = self.xp
+        a = self.grid.angles
+        cc2 = xp.fft.irfft(c2, n=a, axis=1)  # (nb, A, C, T), times 1 / a
+        nb = cc2.shape[0]
+        flat = xp.argmax(cc2.reshape(nb, -1), axis=1)
+        ct = cc2.shape[2] * cc2.shape[3]
+        k, rest = flat // ct, flat % ct
+        ci, ti = rest // cc2.shape[3], rest % cc2.shape[3]
+        rows = xp.arange(nb)
+        scale = a / norms
+        s0 = cc2[rows, k, ci, ti] * scale
+        sm = cc2[rows, (k - 1) % a, ci, ti] * scale
+        sp = cc2[rows, (k + 1) % a, ci, ti] * scale
+        den = sm - 2 * s0 + sp
+        frac = xp.clip(xp.where(den < 0, 0.5 * (sm - sp) / xp.where(den < 0, den, -1.0), 0.0), -0.5, 0.5)
+        return to_numpy((k + frac) * (2 * math.pi / a)), to_numpy(s0), to_numpy(ci), to_numpy(ti)
