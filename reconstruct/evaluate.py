@@ -18,9 +18,11 @@ translation and an inversion:
   answer (every site filled) scores 0, and the same number of vacancies at wrong sites scores
   recall and precision near 1 - k / n all the same.
 * :func:`orientation_errors` finds the fixed rotation between the two frames from the
-  orientations themselves (robustly: candidates from single frames, the most consistent kept),
-  for both hands and, for a cubic particle, up to its 24 symmetry mates, and returns each
-  frame's angular error.
+  orientations themselves (robustly: candidates from single frames, the most consistent kept and
+  refined by Procrustes over the frames closest to it),
+  for both hands and, for a cubic particle, up to its 24 symmetry mates (and the in-plane half
+  turn, which a centrosymmetric lattice's projection cannot show), and returns each frame's
+  angular error; :func:`mate_labels` then says which mate each frame is on.
 """
 from __future__ import annotations
 
@@ -33,10 +35,10 @@ from btomo.kernels.coverage import cubic_rotations
 from btomo.kernels.superpose import match_atoms as _match
 from btomo.kernels.superpose import superpose
 
-from .search import angle_between, rot_z
+from .search import rot_z
 
 __all__ = ["AtomScore", "match_atoms", "superpose_atoms", "removed_sites_left_empty", "orientation_errors",
-           "is_centrosymmetric"]
+           "mate_labels", "is_centrosymmetric"]
 
 
 @dataclass
@@ -98,13 +100,24 @@ def is_centrosymmetric(atoms: np.ndarray, tol_A: float = 0.1) -> bool:
 
 
 def orientation_errors(rec: np.ndarray, true: np.ndarray, *, cubic: bool = True, centrosymmetric: bool = False,
-                       candidates: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
+                       candidates: int = 64, seed: int = 0, iterations: int = 20,
+                       trim: float = 0.5) -> tuple[np.ndarray, np.ndarray, bool]:
     """Per-frame angular error (deg) of reconstructed orientations ``rec`` against ``true`` (both
     (n, 3, 3), particle -> lab), after the fixed rotation between the two frames (see the module).
 
+    The fixed rotation ``g`` is first taken from single frames (``candidates`` of them, the one
+    giving the smallest median error wins), then refined as the rotation that best fits the
+    frames closest to it: each iteration pairs every frame with its nearest symmetry mate of the
+    truth and solves for ``g`` by orthogonal Procrustes over the fraction ``trim`` of frames with
+    the smallest errors, so that no single frame's own error is carried into every other frame's.
+
     A centrosymmetric particle's projections are themselves 2-fold symmetric (the projection of
     ``-r`` is that of ``r`` turned 180 deg in the image plane), so with ``centrosymmetric`` each
-    frame may also be off by that in-plane half turn.
+    frame may also be off by that in-plane half turn. The lattice of an FCC crystal is always
+    centrosymmetric, so with it the errors are those of the lattice's orientation (modulo the 48
+    elements: the cube's 24 rotations, each with and without the half turn), whatever the
+    particle's shape: a search against a centrosymmetric reference cannot tell the half turn, and
+    without ``centrosymmetric`` each frame it got wrong counts as 90-180 deg off.
 
     Returns
     -------
@@ -116,21 +129,68 @@ def orientation_errors(rec: np.ndarray, true: np.ndarray, *, cubic: bool = True,
     """
     rec = np.asarray(rec, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
+    if rec.shape != true.shape or rec.shape[1:] != (3, 3):
+        raise ValueError(f"expected two (n, 3, 3) stacks of the same n, got {rec.shape} and {true.shape}")
+    if not 0.0 < trim <= 1.0:
+        raise ValueError(f"trim must be in (0, 1], got {trim}")
     sym = cubic_rotations() if cubic else np.eye(3)[None]
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(rec), size=min(candidates, len(rec)), replace=False)
     best = None
     for inverted in (False, True):
         t = rot_z(np.full(len(true), np.pi)) @ true if inverted else true
+        mates = t[:, None] @ sym[None]  # (n, m, 3, 3): true_i s
+        if centrosymmetric:
+            flip = rot_z(np.full(len(t), np.pi)) @ t
+            mates = np.concatenate([mates, flip[:, None] @ sym[None]], axis=1)
         for i in pick:
-            g = rec[i].T @ t[i]
-            lhs = rec @ g  # (n, 3, 3)
-            err = np.min([angle_between(lhs, t @ s) for s in sym], axis=0)
-            if centrosymmetric:
-                flip = rot_z(np.full(len(t), np.pi)) @ t
-                err = np.minimum(err, np.min([angle_between(lhs, flip @ s) for s in sym], axis=0))
+            err, _ = _nearest_mate(rec @ (rec[i].T @ t[i]), mates)
             med = float(np.median(err))
             if best is None or med < best[0]:
-                best = (med, err, g, inverted)
-    _, err, g, inverted = best
+                best = (med, rec[i].T @ t[i], inverted, mates)
+    med, g, inverted, mates = best
+    keep_n = max(1, int(round(trim * len(rec))))
+    for _ in range(iterations):
+        err, j = _nearest_mate(rec @ g, mates)
+        close = np.argsort(err)[:keep_n]
+        target = mates[close, j[close]]  # (k, 3, 3)
+        g_new = _procrustes(np.einsum("kji,kjl->il", rec[close], target))  # sum_k rec_k^T target_k
+        err_new, _ = _nearest_mate(rec @ g_new, mates)
+        if np.median(err_new) > np.median(err) - 1e-9:
+            break
+        g = g_new
+    err, _ = _nearest_mate(rec @ g, mates)
     return err, g, inverted
+
+
+def mate_labels(rec: np.ndarray, true: np.ndarray, g: np.ndarray, inverted: bool) -> np.ndarray:
+    """Which of the 48 lattice mates each frame's orientation is, relative to the truth: the index
+    ``24 f + k`` of ``Rz(pi)^f rec_i S_k`` nearest to ``true_i`` after the fixed rotation ``g``
+    (``S_k`` the cube's rotations, :func:`~btomo.kernels.coverage.cubic_rotations`; ``g`` and
+    ``inverted`` from :func:`orientation_errors` with ``centrosymmetric=True``).
+
+    Frames that share a label sit on one mate of the particle; the fraction of frames on the
+    most common label is 1 when the reconstruction has one consistent particle and about 1/48
+    when each frame's mate is a guess (the map is then the particle averaged over the mates).
+    """
+    rec = np.asarray(rec, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    t = rot_z(np.full(len(true), np.pi)) @ true if inverted else true
+    cand = rec[:, None] @ cubic_rotations()[None]  # (n, 24, 3, 3)
+    cand = np.concatenate([cand, rot_z(np.full(len(rec), np.pi))[:, None] @ cand], axis=1) @ g
+    return np.argmax(np.einsum("nmab,nab->nm", cand, t), axis=1)
+
+
+def _nearest_mate(lhs: np.ndarray, mates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Angle (deg) from each ``lhs_i`` to its nearest ``mates[i, j]``, and that ``j``."""
+    tr = np.einsum("nab,nmab->nm", lhs, mates)
+    j = np.argmax(tr, axis=1)
+    cos = (tr[np.arange(len(lhs)), j] - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))), j
+
+
+def _procrustes(m: np.ndarray) -> np.ndarray:
+    """The rotation ``g`` maximising ``trace(g^T m)``."""
+    u, _, vt = np.linalg.svd(m)
+    d = np.sign(np.linalg.det(u @ vt))
+    return u @ np.diag([1.0, 1.0, d]) @ vt

@@ -8,6 +8,13 @@ superposition, allowing inversion) and frame orientations (angular error).
 Writes a simulated window of a static particle (``btomo.stream.simwindow``) under OUT, runs
 ``btomo reconstruct`` on it into OUT/recon, and prints the numbers for docs/accuracy.md (also as
 OUT/accuracy.json).
+
+Orientations: ``orientation_median_deg`` is the error modulo the particle's symmetry (the cube's
+24 rotations; the in-plane half turn too when the truth is centrosymmetric);
+``lattice_orientation_median_deg`` modulo the lattice's 48 mates (the cube's rotations, each with
+and without the half turn), which is what the lattice fringes fix; ``frames_in_map_on_one_mate``
+the fraction of the map's frames on its most common mate (1: one consistent particle; about
+1/48: each frame's mate a guess, the map the particle averaged over its mates).
 """
 from __future__ import annotations
 
@@ -22,8 +29,8 @@ import numpy as np
 from ase.io import read
 
 from btomo.kernels.rotation import quat_to_matrix
-from btomo.reconstruct.evaluate import (is_centrosymmetric, orientation_errors, removed_sites_left_empty,
-                                       superpose_atoms)
+from btomo.reconstruct.evaluate import (is_centrosymmetric, mate_labels, orientation_errors,
+                                       removed_sites_left_empty, superpose_atoms)
 from btomo.reconstruct.run import reconstruct_window
 from btomo.stream.config import load_config
 from btomo.stream.simwindow import simulate_window
@@ -38,8 +45,11 @@ def evaluate(out: Path, recon: Path) -> dict:
     qr = np.array([[float(r[k]) for k in ("qw", "qx", "qy", "qz")] for r in orows])
     idx = np.array([int(r["index"]) for r in orows])
     in_map = np.array([r["in_map"] == "1" for r in orows])
-    err, _, inverted = orientation_errors(quat_to_matrix(qr), quat_to_matrix(qt[idx]),
-                                         centrosymmetric=is_centrosymmetric(truth))
+    rec, true = quat_to_matrix(qr), quat_to_matrix(qt[idx])
+    err, _, inverted = orientation_errors(rec, true, centrosymmetric=is_centrosymmetric(truth))
+    # the lattice's orientation (modulo its 48 mates), and which mate each frame in the map is on
+    lat, g, lat_inv = orientation_errors(rec, true, centrosymmetric=True)
+    labels = mate_labels(rec[in_map], true[in_map], g, lat_inv)
     score = superpose_atoms(found, truth)
     gone = out / "truth" / "removed_sites.xyz"
     removed = read(gone).positions if gone.exists() and gone.stat().st_size > 4 else np.zeros((0, 3))
@@ -49,6 +59,9 @@ def evaluate(out: Path, recon: Path) -> dict:
             "orientation_median_deg": float(np.median(err)),
             "orientation_p90_deg": float(np.percentile(err, 90)), "orientations_inverted": inverted,
             "in_map": int(in_map.sum()), "orientation_median_in_map_deg": float(np.median(err[in_map])),
+            "lattice_orientation_median_deg": float(np.median(lat)),
+            "lattice_orientation_median_in_map_deg": float(np.median(lat[in_map])),
+            "frames_in_map_on_one_mate": float(np.bincount(labels, minlength=48).max() / max(1, len(labels))),
             "resolution_A": summary["resolution_A"], "frames": summary["frames_used"],
             "seconds": summary["seconds"]}
 
