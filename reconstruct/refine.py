@@ -18,6 +18,9 @@
       frames above its ``1 - frame_fpr`` quantile go into the map. At low dose most frames'
       best match is noise; leaving them out sharpens the map, and a window of pure noise then
       yields almost no frames instead of a copy of the reference;
+   a'. with ``continuity`` and the window's frame indices, **mates chained in time**: frames a
+      few ms apart share one mate of the lattice, each chained segment's mate chosen from its
+      frames' summed scores (:mod:`~btomo.reconstruct.continuity`);
    b. **shifts** together with the orientations: the local pass of the search also tries every
       shift on a half-voxel grid within ``shift_px`` of the crop's centre (the tracked centre);
       a fixed grid, not one re-centred on the last round's shift, so that shifts cannot drift
@@ -46,6 +49,8 @@ from btomo.kernels.rotation import quat_from_matrix
 
 from .atoms import AtomResult, find_atoms, model_map
 from .config import ReconstructConfig
+from .continuity import candidates as mate_candidates
+from .continuity import choose_gauges, synchronise
 from .ctf import Optics
 from .insertion import FourierInserter, fsc, fsc_resolution
 from .occupancy import lattice_occupancy
@@ -111,7 +116,7 @@ class Reconstruction:
 def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """Images ``(n, b, b)`` moved by ``-shifts`` ``(n, 2)`` (x, y, px; a Fourier phase ramp): an
     image whose particle sits at ``+s`` comes out centred."""
-    n, b = images.shape[0], images.shape[1]
+    b = images.shape[1]
     f = np.fft.fftfreq(b)
     sx, sy = shifts[:, 0, None, None], shifts[:, 1, None, None]
     ph = np.exp(2j * math.pi * (sx * f[None, None, :] + sy * f[None, :, None]))
@@ -185,7 +190,8 @@ def _match_count(a: np.ndarray, b: np.ndarray, within_A: float = 1.0) -> tuple[i
 
 def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
                        on_round: Callable[[RoundLog], None] | None = None,
-                       initial_atoms_A: np.ndarray | None = None, optics: Optics | None = None) -> Reconstruction:
+                       initial_atoms_A: np.ndarray | None = None, optics: Optics | None = None,
+                       frame_index: np.ndarray | None = None) -> Reconstruction:
     """Run the refinement loop on pre-processed crops (see the module).
 
     Parameters
@@ -203,11 +209,21 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     optics : Optics, optional
         The microscope's optics: the search compares the frames with the reference's sections
         through their contrast transfer. ``None``: the frames are taken as projections.
+    frame_index : (n,) int, optional
+        Each crop's acquisition frame index (the window's ``frame``), for
+        ``cfg.continuity``; ``None``: the frames' order in time is unknown and their mates are
+        not chained.
     """
     cfg.validate()
     t_all = time.perf_counter()
     images = prep.images[prep.finite]
     n, box, voxel = images.shape[0], prep.box, prep.voxel_A
+    frames = None
+    if frame_index is not None:
+        frame_index = np.asarray(frame_index)
+        if frame_index.shape != (len(prep.images),):
+            raise ValueError(f"expected one frame index per crop, shape ({len(prep.images)},), got {frame_index.shape}")
+        frames = frame_index[prep.finite]
     if n < 2:
         raise ValueError(f"need at least 2 usable frames to reconstruct, got {n}")
     k_max = min(0.5, voxel / cfg.lowpass_A)
@@ -247,10 +263,14 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         t0 = time.perf_counter()
         p = image_polar_samples(xp.asarray(images), search.grid)
         projector = Projector(ref)
-        found = search.search(_to_harmonics(p, search.grid, xp), projector, samples=p, trials=trials, mates=mates)
+        q = _to_harmonics(p, search.grid, xp)
+        found = search.search(q, projector, samples=p, trials=trials, mates=mates)
         null = search.search(null_q, projector, samples=null_p, trials=trials, mates=mates)
         keep, thr = select_significant(found.score, null.score, cfg.frame_fpr, cfg.min_frames)
         rot = found.rotations
+        if cfg.continuity and frames is not None and mates is not None:
+            rot, keep = _chain_mates(search, q, p, trials, projector, found, keep, frames, mates, cfg, r,
+                                     first=(r == 1 and initial_atoms_A is None))
         shifts = found.shift
         t2 = time.perf_counter()
         seconds["search"] += t2 - t0
@@ -309,6 +329,33 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     seconds["total"] = time.perf_counter() - t_all
     result.seconds = seconds
     return result
+
+
+def _chain_mates(search: OrientationSearch, q, samples, trials, projector: Projector, found, keep: np.ndarray,
+                 frames: np.ndarray, mates: np.ndarray, cfg: ReconstructConfig, r: int,
+                 first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's orientation moved onto the mate its chained segment shares (see
+    :mod:`~btomo.reconstruct.continuity`), and, in the first round from the spherical start, the
+    map's frames cut to the largest segment. Returns the orientations and the frames kept."""
+    sync = synchronise(found.rotations, frames, mates=mates, neighbours=cfg.continuity_neighbours,
+                       max_residual_deg=cfg.continuity_max_residual_deg, margin_deg=cfg.continuity_margin_deg)
+    on = sync.segment >= 0
+    if not on.any():
+        log.info("round %d: no frames chained in time (their orientations do not follow one rotation)", r)
+        return found.rotations, keep
+    scores = search.candidate_scores(q, projector, found.rotations, mates, samples=samples, trials=trials)
+    final = choose_gauges(sync.label, sync.segment, scores)
+    rot = mate_candidates(found.rotations, mates)[np.arange(len(final)), final]
+    sizes = sync.sizes()
+    log.info("round %d: %d frames chained in time in %d segments (largest %d; %.2f of the links agree), %.2f of "
+             "them moved off their own best mate", r, on.sum(), len(sizes), sizes.max(), sync.agree,
+             (final[on] != 0).mean())
+    if first and cfg.continuity_bootstrap_frames and sizes.max() >= cfg.continuity_bootstrap_frames:
+        largest = sync.segment == int(np.argmax(sizes))
+        if (keep & largest).sum() >= cfg.min_frames:
+            keep = keep & largest
+            log.info("round %d: the first map is made of the largest segment's %d significant frames", r, keep.sum())
+    return rot, keep
 
 
 def lattice_mates(atoms_A: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray | None:

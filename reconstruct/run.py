@@ -209,7 +209,8 @@ def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | Non
     if bad:
         log.warning("window %s: %d of %d crops hold NaN or infinite values and are left out", window, bad, w.n)
     optics = window_optics(w.attrs, cfg, window)
-    res = reconstruct_images(prep, cfg, xp=xp, on_round=on_round, initial_atoms_A=initial_atoms_A, optics=optics)
+    res = reconstruct_images(prep, cfg, xp=xp, on_round=on_round, initial_atoms_A=initial_atoms_A, optics=optics,
+                             frame_index=w.meta["frame"])
     last = res.rounds[-1]
     summary = {
         "window": window, "store": str(store), "out": str(out), "frames": w.n, "frames_used": int(prep.finite.sum()),

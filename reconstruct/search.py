@@ -365,12 +365,56 @@ class OrientationSearch:
         out_psi = np.empty(n)
         out_score = np.empty(n)
         out_trial = np.zeros(n, dtype=np.int64)
+        for i, nb, q, c2, rd, _ in self._mate_correlations(images_q, samples, trials, proj, white, rot, mates):
+            psi, score, gi, ti = self._best_in_plane(c2, _norms(q, w, xp))
+            out_rot[i:i + nb] = rot_z(psi) @ rd[np.arange(nb) * g + gi]
+            out_psi[i:i + nb] = psi
+            out_score[i:i + nb] = score
+            out_trial[i:i + nb] = ti
+        return out_rot, out_psi, out_score, out_trial
+
+    def candidate_scores(self, images_q, reference, rot: np.ndarray, mates: np.ndarray, *, samples=None,
+                         trials=None) -> np.ndarray:
+        """Each image's score at each mate ``rot_i S_g`` of its orientation and at the same turned
+        by 180 deg in the image plane, ``Rz(pi) rot_i S_g``, (n, 2 g): exactly those rotations (no
+        search over angles), the best over the trial shifts. What
+        :func:`btomo.reconstruct.continuity.choose_gauges` sums to pick a segment's mate."""
+        xp = self.xp
+        proj = reference if isinstance(reference, Projector) else Projector(xp.asarray(reference))
+        white = (1.0 / xp.sqrt(xp.maximum(_ring_power(images_q, xp), 1e-30))).astype(xp.float32)
+        mates = np.asarray(mates, dtype=np.float64)
+        n, g, a = images_q.shape[0], mates.shape[0], self.grid.angles
+        out = np.empty((n, 2 * g))
+        for i, nb, q, c2, rd, exact in self._mate_correlations(images_q, samples, trials, proj, white, rot, mates):
+            cc = xp.fft.irfft(c2, n=a, axis=1) * (a / _norms(q, self.weights, xp))[:, None, None, None]
+            cc = to_numpy(cc.max(axis=3))  # (nb, A, g): the best shift
+            turn = exact.reshape(-1, 3, 3) @ rd.transpose(0, 2, 1)  # Rz(psi) of each mate
+            psi = np.arctan2(turn[:, 1, 0], turn[:, 0, 0]).reshape(nb, g)
+            rows, cols = np.arange(nb)[:, None], np.arange(g)[None, :]
+            for half in (0, 1):  # linear interpolation between the two nearest angle samples
+                pos = ((psi + half * math.pi) % (2 * math.pi)) * (a / (2 * math.pi))
+                k0 = np.floor(pos).astype(np.int64)
+                frac = pos - k0
+                out[i:i + nb, half * g:(half + 1) * g] = ((1 - frac) * cc[rows, k0 % a, cols]
+                                                          + frac * cc[rows, (k0 + 1) % a, cols])
+        return out
+
+    def _mate_correlations(self, images_q, samples, trials, proj: Projector, white, rot: np.ndarray,
+                           mates: np.ndarray):
+        """Per batch of images: ``(start, nb, q, c2, rd, exact)``, the whitened harmonics ``q``,
+        the angular harmonics of their correlations with the reference's sections along the
+        view directions of the mates ``exact = rot_i S_g`` (nb, g, 3, 3), ``c2`` (nb, M, g, T),
+        and those sections' rotations ``rd`` (nb g, 3, 3), ``exact = Rz(psi) rd``."""
+        xp = self.xp
+        g = mates.shape[0]
+        w = self.weights
         phase = None if trials is None else _shift_phase(xp.asarray(trials, dtype=xp.float64),
                                                          xp.asarray(self.grid.points), xp)  # (T, RA)
-        for i in range(0, n, LOCAL_BATCH):
+        for i in range(0, images_q.shape[0], LOCAL_BATCH):
             q = xp.asarray(images_q[i:i + LOCAL_BATCH]) * white[None, :, None]
             nb = q.shape[0]
-            views = np.einsum("nb,gbc->ngc", rot[i:i + nb, 2, :], mates).reshape(-1, 3)
+            exact = np.einsum("nab,gbc->ngac", rot[i:i + nb], mates)
+            views = exact[:, :, 2, :].reshape(-1, 3)
             rd = direction_rotations(views / np.linalg.norm(views, axis=1, keepdims=True))  # (nb g, 3, 3)
             ref = reference_polar(proj, rd, self.grid) * (white * self.ring)[None, :, None]
             ref = xp.conj(ref * w[None, :, None]) / _norms(ref, w, xp)[:, None, None]
@@ -378,12 +422,7 @@ class OrientationSearch:
             qt = self._shifted(q, samples, i, phase, white)
             c2 = xp.matmul(xp.ascontiguousarray(ref), xp.ascontiguousarray(qt.transpose(0, 3, 2, 1)))  # (nb, M, g, T)
             self.flops += 8.0 * c2.size * q.shape[1]
-            psi, score, gi, ti = self._best_in_plane(c2, _norms(q, w, xp))
-            out_rot[i:i + nb] = rot_z(psi) @ rd[np.arange(nb) * g + gi]
-            out_psi[i:i + nb] = psi
-            out_score[i:i + nb] = score
-            out_trial[i:i + nb] = ti
-        return out_rot, out_psi, out_score, out_trial
+            yield i, nb, q, c2, rd, exact
 
     def _local(self, images_q, samples, trials, proj: Projector, white, cand: np.ndarray):
         """The local pass: every image against its candidate fine directions ``cand`` (n, C)
