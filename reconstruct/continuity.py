@@ -44,6 +44,8 @@ import numpy as np
 
 from btomo.kernels.coverage import cubic_rotations
 
+from .search import angle_between
+
 __all__ = ["LABELS", "candidates", "compose", "inverse", "apply_gauge", "link", "continuity",
            "Synchronised", "synchronise", "choose_gauges"]
 
@@ -97,11 +99,6 @@ def apply_gauge(gauge, label):
     return 24 * ((gauge // 24 + label // 24) % 2) + _MUL[label % 24, gauge % 24]
 
 
-def _angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    tr = np.einsum("...ab,...ab->...", a, b)
-    return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
-
-
 def link(rot: np.ndarray, frames: np.ndarray, *, neighbours: int = 12, max_gap: int = 50,
          max_residual_deg: float = 25.0, margin_deg: float = 8.0,
          mates: np.ndarray | None = None) -> list[tuple[int, int, int, float]]:
@@ -119,7 +116,7 @@ def link(rot: np.ndarray, frames: np.ndarray, *, neighbours: int = 12, max_gap: 
         for j in order[a + 1:a + 1 + neighbours]:
             if frames[j] - frames[i] > max_gap:
                 break
-            ang = _angles(rot[i][None], cand[j])
+            ang = angle_between(rot[i][None], cand[j])
             best, second = np.argsort(ang)[:2]
             if ang[best] <= max_residual_deg and ang[second] - ang[best] >= margin_deg:
                 edges.append((int(i), int(j), int(best), float(ang[best])))
@@ -230,7 +227,7 @@ def synchronise(rot: np.ndarray, frames: np.ndarray, *, iterations: int = 10, mi
 def choose_gauges(label: np.ndarray, group: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Each frame's final candidate: within each group (a segment, -1: none) the gauge
     that maximises the group's summed ``scores`` (n, 48) (each frame at every candidate of its
-    orientation, :meth:`~btomo.reconstruct.search.OrientationSearch.candidate_scores`); frames
+    orientation, :attr:`~btomo.reconstruct.search.SearchResult.candidate_scores`); frames
     outside any group keep candidate 0, their own best orientation."""
     scores = np.asarray(scores)
     if scores.shape != (len(label), LABELS):

@@ -35,6 +35,7 @@ from btomo.kernels.coverage import cubic_rotations
 from btomo.kernels.superpose import match_atoms as _match
 from btomo.kernels.superpose import superpose
 
+from .continuity import candidates
 from .search import rot_z
 
 __all__ = ["AtomScore", "match_atoms", "superpose_atoms", "removed_sites_left_empty", "orientation_errors",
@@ -176,9 +177,7 @@ def mate_labels(rec: np.ndarray, true: np.ndarray, g: np.ndarray, inverted: bool
     rec = np.asarray(rec, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
     t = rot_z(np.full(len(true), np.pi)) @ true if inverted else true
-    cand = rec[:, None] @ cubic_rotations()[None]  # (n, 24, 3, 3)
-    cand = np.concatenate([cand, rot_z(np.full(len(rec), np.pi))[:, None] @ cand], axis=1) @ g
-    return np.argmax(np.einsum("nmab,nab->nm", cand, t), axis=1)
+    return np.argmax(np.einsum("nmab,nab->nm", candidates(rec) @ g, t), axis=1)
 
 
 def _nearest_mate(lhs: np.ndarray, mates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -56,7 +56,7 @@ from .insertion import FourierInserter, fsc, fsc_resolution
 from .occupancy import lattice_occupancy
 from .preprocess import Prepared, soft_disc
 from .projection import Projector
-from .search import OrientationSearch, _to_harmonics, angle_between, image_polar_samples, shift_trials
+from .search import OrientationSearch, SearchResult, _to_harmonics, angle_between, image_polar_samples, shift_trials
 
 log = logging.getLogger(__name__)
 
@@ -264,13 +264,13 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         p = image_polar_samples(xp.asarray(images), search.grid)
         projector = Projector(ref)
         q = _to_harmonics(p, search.grid, xp)
-        found = search.search(q, projector, samples=p, trials=trials, mates=mates)
+        chain = cfg.continuity and frames is not None and mates is not None
+        found = search.search(q, projector, samples=p, trials=trials, mates=mates, candidates=chain)
         null = search.search(null_q, projector, samples=null_p, trials=trials, mates=mates)
         keep, thr = select_significant(found.score, null.score, cfg.frame_fpr, cfg.min_frames)
         rot = found.rotations
-        if cfg.continuity and frames is not None and mates is not None:
-            rot, keep = _chain_mates(search, q, p, trials, projector, found, keep, frames, mates, cfg, r,
-                                     first=(r == 1 and initial_atoms_A is None))
+        if chain:
+            rot, keep = _chain_mates(found, keep, frames, mates, cfg, r, first=(r == 1 and initial_atoms_A is None))
         shifts = found.shift
         t2 = time.perf_counter()
         seconds["search"] += t2 - t0
@@ -331,9 +331,8 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     return result
 
 
-def _chain_mates(search: OrientationSearch, q, samples, trials, projector: Projector, found, keep: np.ndarray,
-                 frames: np.ndarray, mates: np.ndarray, cfg: ReconstructConfig, r: int,
-                 first: bool) -> tuple[np.ndarray, np.ndarray]:
+def _chain_mates(found: SearchResult, keep: np.ndarray, frames: np.ndarray, mates: np.ndarray, cfg: ReconstructConfig,
+                 r: int, first: bool) -> tuple[np.ndarray, np.ndarray]:
     """Each frame's orientation moved onto the mate its chained segment shares (see
     :mod:`~btomo.reconstruct.continuity`), and, in the first round from the spherical start, the
     map's frames cut to the largest segment. Returns the orientations and the frames kept."""
@@ -343,8 +342,7 @@ def _chain_mates(search: OrientationSearch, q, samples, trials, projector: Proje
     if not on.any():
         log.info("round %d: no frames chained in time (their orientations do not follow one rotation)", r)
         return found.rotations, keep
-    scores = search.candidate_scores(q, projector, found.rotations, mates, samples=samples, trials=trials)
-    final = choose_gauges(sync.label, sync.segment, scores)
+    final = choose_gauges(sync.label, sync.segment, found.candidate_scores)
     rot = mate_candidates(found.rotations, mates)[np.arange(len(final)), final]
     sizes = sync.sizes()
     log.info("round %d: %d frames chained in time in %d segments (largest %d; %.2f of the links agree), %.2f of "

@@ -65,8 +65,8 @@ def direction_rotations(directions: np.ndarray) -> np.ndarray:
 
 
 def angle_between(ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
-    """Rotation angle (deg) of ``ra rb^T`` for stacks of rotations ``(n, 3, 3)``."""
-    tr = np.einsum("nij,nij->n", ra, rb)
+    """Rotation angle (deg) of ``ra rb^T`` for stacks of rotations ``(..., 3, 3)`` (broadcast)."""
+    tr = np.einsum("...ij,...ij->...", ra, rb)
     return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
 
 
@@ -211,6 +211,11 @@ class SearchResult:
     shift : (n, 2)
         The trial shift (x, y, voxels) of the best match, on top of the shifts the images were
         given (zero without trials).
+    candidate_scores : (n, 2 g) or None
+        With ``candidates`` (and ``mates``): each image's score at each mate ``R S_g`` of its
+        best orientation ``R`` and at the same turned by 180 deg in the image plane,
+        ``Rz(pi) R S_g``, exactly those rotations, the best over the trial shifts (the labels of
+        :func:`btomo.reconstruct.continuity.candidates`).
     """
 
     rotations: np.ndarray
@@ -218,6 +223,7 @@ class SearchResult:
     psi_rad: np.ndarray
     score: np.ndarray
     shift: np.ndarray
+    candidate_scores: np.ndarray | None = None
 
 
 class OrientationSearch:
@@ -296,7 +302,8 @@ class OrientationSearch:
             self._have[todo] = True
         return self._fine[xp.asarray(fine)]
 
-    def search(self, images_q, reference, batch: int = 32, *, samples=None, trials=None, mates=None) -> SearchResult:
+    def search(self, images_q, reference, batch: int = 32, *, samples=None, trials=None, mates=None,
+               candidates: bool = False) -> SearchResult:
         """Best orientation of each image (harmonics from :func:`image_polar`) against
         ``reference`` (a map, or its :class:`~btomo.reconstruct.projection.Projector`).
 
@@ -323,7 +330,9 @@ class OrientationSearch:
         has broken the cube's symmetry cannot pull the frames onto their mates. (Searching the
         fine grid near each mate instead picks the mate whose grid point happens to lie closest
         to its symmetric orientation: the grid's error outweighs the shape's.)
-        ``SearchResult.direction`` is then -1."""
+        ``SearchResult.direction`` is then -1. With ``candidates`` the same pass also reads each
+        image's ``SearchResult.candidate_scores`` from those correlations (the best orientation's
+        mates look along the same view directions)."""
         xp = self.xp
         proj = reference if isinstance(reference, Projector) else Projector(xp.asarray(reference))
         white = (1.0 / xp.sqrt(xp.maximum(_ring_power(images_q, xp), 1e-30))).astype(xp.float32)
@@ -345,19 +354,22 @@ class OrientationSearch:
         cand = self.neighbours[tops].reshape(n, -1)  # (n, peaks * width), -1 padded
         best_dir, best_psi, best_score, best_trial = self._local(images_q, samples, trials, proj, white, cand)
         rot = rot_z(best_psi) @ self.fine_rot[best_dir]
+        cand_scores = None
         if mates is not None:
-            rot, best_psi, best_score, best_trial = self._mates(images_q, samples, trials, proj, white, rot,
-                                                                 np.asarray(mates, dtype=np.float64))
+            rot, best_psi, best_score, best_trial, cand_scores = self._mates(
+                images_q, samples, trials, proj, white, rot, np.asarray(mates, dtype=np.float64), candidates)
             best_dir = np.full(n, -1, dtype=np.int64)
         shift = np.zeros((n, 2)) if trials is None else np.asarray(trials, dtype=np.float64)[best_trial]
-        return SearchResult(rot, best_dir, best_psi, best_score, shift)
+        return SearchResult(rot, best_dir, best_psi, best_score, shift, cand_scores)
 
-    def _mates(self, images_q, samples, trials, proj: Projector, white, rot: np.ndarray, mates: np.ndarray):
+    def _mates(self, images_q, samples, trials, proj: Projector, white, rot: np.ndarray, mates: np.ndarray,
+               candidates: bool = False):
         """Each image at the exact mates ``rot_i S_g`` of its orientation: the reference's section
         along each mate's view direction (not the nearest grid direction, so that every mate is
         scored as finely as the others and only the particle's shape, not the grid, tells them
         apart), every in-plane angle and trial shift. Returns the best rotation, in-plane angle,
-        score and trial of each image."""
+        score and trial of each image, and with ``candidates`` the scores at the best rotation's
+        48 candidates (``SearchResult.candidate_scores``), else ``None``."""
         xp = self.xp
         n, g = images_q.shape[0], mates.shape[0]
         w = self.weights
@@ -365,46 +377,48 @@ class OrientationSearch:
         out_psi = np.empty(n)
         out_score = np.empty(n)
         out_trial = np.zeros(n, dtype=np.int64)
-        for i, nb, q, c2, rd, _ in self._mate_correlations(images_q, samples, trials, proj, white, rot, mates):
-            psi, score, gi, ti = self._best_in_plane(c2, _norms(q, w, xp))
+        out_cand = np.empty((n, 2 * g)) if candidates else None
+        for i, nb, q, c2, rd in self._mate_correlations(images_q, samples, trials, proj, white, rot, mates):
+            norms = _norms(q, w, xp)
+            psi, score, gi, ti = self._best_in_plane(c2, norms)
             out_rot[i:i + nb] = rot_z(psi) @ rd[np.arange(nb) * g + gi]
             out_psi[i:i + nb] = psi
             out_score[i:i + nb] = score
             out_trial[i:i + nb] = ti
-        return out_rot, out_psi, out_score, out_trial
+            if candidates:  # the same correlations, read at the best rotation's candidates
+                cc2 = xp.fft.irfft(c2, n=self.grid.angles, axis=1)
+                out_cand[i:i + nb] = self._read_candidates(cc2, norms, rd.reshape(nb, g, 3, 3),
+                                                           out_rot[i:i + nb, None] @ mates[None])
+        return out_rot, out_psi, out_score, out_trial, out_cand
 
-    def candidate_scores(self, images_q, reference, rot: np.ndarray, mates: np.ndarray, *, samples=None,
-                         trials=None) -> np.ndarray:
-        """Each image's score at each mate ``rot_i S_g`` of its orientation and at the same turned
-        by 180 deg in the image plane, ``Rz(pi) rot_i S_g``, (n, 2 g): exactly those rotations (no
-        search over angles), the best over the trial shifts. What
-        :func:`btomo.reconstruct.continuity.choose_gauges` sums to pick a segment's mate."""
-        xp = self.xp
-        proj = reference if isinstance(reference, Projector) else Projector(xp.asarray(reference))
-        white = (1.0 / xp.sqrt(xp.maximum(_ring_power(images_q, xp), 1e-30))).astype(xp.float32)
-        mates = np.asarray(mates, dtype=np.float64)
-        n, g, a = images_q.shape[0], mates.shape[0], self.grid.angles
-        out = np.empty((n, 2 * g))
-        for i, nb, q, c2, rd, exact in self._mate_correlations(images_q, samples, trials, proj, white, rot, mates):
-            cc = xp.fft.irfft(c2, n=a, axis=1) * (a / _norms(q, self.weights, xp))[:, None, None, None]
-            cc = to_numpy(cc.max(axis=3))  # (nb, A, g): the best shift
-            turn = exact.reshape(-1, 3, 3) @ rd.transpose(0, 2, 1)  # Rz(psi) of each mate
-            psi = np.arctan2(turn[:, 1, 0], turn[:, 0, 0]).reshape(nb, g)
-            rows, cols = np.arange(nb)[:, None], np.arange(g)[None, :]
-            for half in (0, 1):  # linear interpolation between the two nearest angle samples
-                pos = ((psi + half * math.pi) % (2 * math.pi)) * (a / (2 * math.pi))
-                k0 = np.floor(pos).astype(np.int64)
-                frac = pos - k0
-                out[i:i + nb, half * g:(half + 1) * g] = ((1 - frac) * cc[rows, k0 % a, cols]
-                                                          + frac * cc[rows, (k0 + 1) % a, cols])
+    def _read_candidates(self, cc2, norms, rd: np.ndarray, exact: np.ndarray) -> np.ndarray:
+        """Scores (nb, 2 G) at the rotations ``exact`` (nb, G, 3, 3) and at the same turned by
+        180 deg in the image plane, from the angular correlations ``cc2`` (nb, A, g, T) with the
+        sections ``rd`` (nb, g, 3, 3): each rotation is read from the section with its view
+        direction, at its in-plane angle (linear between the two nearest samples), the best
+        over the shifts."""
+        a = self.grid.angles
+        cc = to_numpy(cc2.max(axis=3) * (a / norms)[:, None, None])  # (nb, A, g)
+        nb, big_g = exact.shape[:2]
+        section = np.argmax(np.einsum("nkc,ngc->nkg", exact[:, :, 2, :], rd[:, :, 2, :]), axis=2)  # (nb, G)
+        rows = np.arange(nb)[:, None]
+        turn = exact @ rd[rows, section].transpose(0, 1, 3, 2)  # Rz(psi) = exact rd^T
+        psi = np.arctan2(turn[..., 1, 0], turn[..., 0, 0])
+        out = np.empty((nb, 2 * big_g))
+        for half in (0, 1):
+            pos = ((psi + half * math.pi) % (2 * math.pi)) * (a / (2 * math.pi))
+            k0 = np.floor(pos).astype(np.int64)
+            frac = pos - k0
+            out[:, half * big_g:(half + 1) * big_g] = ((1 - frac) * cc[rows, k0 % a, section]
+                                                       + frac * cc[rows, (k0 + 1) % a, section])
         return out
 
     def _mate_correlations(self, images_q, samples, trials, proj: Projector, white, rot: np.ndarray,
                            mates: np.ndarray):
-        """Per batch of images: ``(start, nb, q, c2, rd, exact)``, the whitened harmonics ``q``,
-        the angular harmonics of their correlations with the reference's sections along the
-        view directions of the mates ``exact = rot_i S_g`` (nb, g, 3, 3), ``c2`` (nb, M, g, T),
-        and those sections' rotations ``rd`` (nb g, 3, 3), ``exact = Rz(psi) rd``."""
+        """Per batch of images: ``(start, nb, q, c2, rd)``, the whitened harmonics ``q``, the
+        angular harmonics ``c2`` (nb, M, g, T) of their correlations with the reference's
+        sections along the view directions of the mates ``rot_i S_g``, and those sections'
+        rotations ``rd`` (nb g, 3, 3)."""
         xp = self.xp
         g = mates.shape[0]
         w = self.weights
@@ -413,8 +427,7 @@ class OrientationSearch:
         for i in range(0, images_q.shape[0], LOCAL_BATCH):
             q = xp.asarray(images_q[i:i + LOCAL_BATCH]) * white[None, :, None]
             nb = q.shape[0]
-            exact = np.einsum("nab,gbc->ngac", rot[i:i + nb], mates)
-            views = exact[:, :, 2, :].reshape(-1, 3)
+            views = np.einsum("nb,gbc->ngc", rot[i:i + nb, 2, :], mates).reshape(-1, 3)
             rd = direction_rotations(views / np.linalg.norm(views, axis=1, keepdims=True))  # (nb g, 3, 3)
             ref = reference_polar(proj, rd, self.grid) * (white * self.ring)[None, :, None]
             ref = xp.conj(ref * w[None, :, None]) / _norms(ref, w, xp)[:, None, None]
@@ -422,7 +435,7 @@ class OrientationSearch:
             qt = self._shifted(q, samples, i, phase, white)
             c2 = xp.matmul(xp.ascontiguousarray(ref), xp.ascontiguousarray(qt.transpose(0, 3, 2, 1)))  # (nb, M, g, T)
             self.flops += 8.0 * c2.size * q.shape[1]
-            yield i, nb, q, c2, rd, exact
+            yield i, nb, q, c2, rd
 
     def _local(self, images_q, samples, trials, proj: Projector, white, cand: np.ndarray):
         """The local pass: every image against its candidate fine directions ``cand`` (n, C)

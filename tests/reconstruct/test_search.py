@@ -192,6 +192,12 @@ def test_the_mate_pass_moves_frames_onto_the_mate_that_matches():
     white = (1.0 / np.sqrt(_ring_power(q, np))).astype(np.float32)
     proj = Projector(gaussian_atoms_volume(atoms))
     assert np.median(angle_between(wrong, rots)) > 60
-    rot, _, score, _ = s._mates(q, None, None, proj, white, wrong, mates)
+    rot, _, score, _, cand = s._mates(q, None, None, proj, white, wrong, mates, candidates=True)
     err = angle_between(rot, rots)
     assert np.max(err) < 1.0 and score.min() > 0.95, (err, score)
+    # the same pass scores the best orientation's 48 candidates (24 mates, each also turned by 180
+    # deg in the image plane): the best orientation itself (label 0) scores as the search says
+    # (less what reading between angle samples loses at a sharp peak) and above every other candidate
+    assert cand.shape == (24, 48)
+    assert np.allclose(cand[:, 0], score, atol=0.03), (cand[:, 0], score)  # linear between angle samples
+    assert np.all(np.argmax(cand, axis=1) == 0) and np.median(cand[:, 1:], axis=1).max() < 0.8, cand
