@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 __all__ = ["ParticleHistory", "Dashboard", "sparkline", "coverage_map_text"]
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
+#: how long the queue line says "dropping oldest" after the last frame dropped for a full queue, s
+DROP_SHOWN_S = 2.0
 
 
 def sparkline(values: Any, width: int, lo: float | None = None, hi: float | None = None) -> str:
@@ -151,6 +153,7 @@ class Dashboard:
         self.paused = False
         self.quit_requested = False  # the run was ended by q (stop reason "quit", exit 0)
         self._queue_full_drops = 0  # drop-oldest: frames dropped as of the last screen
+        self._queue_full_since = -math.inf  # monotonic time (s) that count last grew
         self.selected = 0
         self.phase = "receiving"
         self._frozen: Any = None
@@ -393,8 +396,12 @@ class Dashboard:
                 acting = bool(ing.get("queue_limit")) and ing.get("queue_depth", 0) >= ing["queue_limit"]
                 label = "backpressure" if acting else policy
             else:
+                # acting while frames were dropped in the last DROP_SHOWN_S, whoever rendered in
+                # between (the refresh loop and a snapshot must not take the state from each other)
                 full_drops = drops.get("queue_full", 0)
-                acting, self._queue_full_drops = full_drops > self._queue_full_drops, full_drops
+                if full_drops > self._queue_full_drops:
+                    self._queue_full_drops, self._queue_full_since = full_drops, time.monotonic()
+                acting = time.monotonic() - self._queue_full_since < DROP_SHOWN_S
                 label = "dropping oldest" if acting else policy
             t.append(f"{label}  ", style="bold yellow" if acting else "dim")
         if ing.get("throttled_s"):

@@ -261,7 +261,10 @@ def test_btomo_replay_into_live_and_q_in_the_dashboard_quits_cleanly(lattice_rec
     assert "LIVE-EXIT 0" in final, final
     s = json.loads((run / "summary.json").read_text())
     assert s["stop_reason"] == "quit" and s["finished"] is True
-    assert 0 < s["frames_processed"] == s["ingest"]["frames_accepted"] < 400 and s["frames_dropped"] == {}
+    assert 0 < s["frames_processed"] == s["ingest"]["frames_accepted"] < 400
+    # the sender goes on after q: a frame that arrives once the stop is set is not accepted, and
+    # counted as such (nothing else may be dropped)
+    assert set(s["frames_dropped"]) <= {"after_stop"}, s["frames_dropped"]
     names = _windows(run)
     assert names and s["windows_closed"] == len(names)
     assert all(zarr.open_group(str(run / "windows.zarr"), mode="r")[n].attrs["complete"] for n in names)
