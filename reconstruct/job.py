@@ -181,6 +181,7 @@ def run_window_job(store: str, window: str, out_dir: str, settings: dict[str, An
         "seed_reason": reason,
         "reconstruction": "done", "map": str(out / "map.mrc"), "atoms": s["atoms"],
         "resolution_A": s["resolution_A"], "map_model_correlation": s["map_model_correlation"],
+        "cube_symmetric_atoms": s["cube_symmetric_atoms"],
     }
     log.info("window %s: reconstructed, %d atoms, FSC 0.143 at %.2f A", window, s["atoms"], s["resolution_A"])
     record.update({"seconds": time.perf_counter() - t0, "host": os.uname().nodename, "pid": os.getpid(),

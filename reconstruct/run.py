@@ -37,11 +37,15 @@ import numpy as np
 
 from .config import ReconstructConfig
 from .ctf import Optics
+from .occupancy import cube_symmetric_fraction
 from .preprocess import prepare
 from .refine import Reconstruction, RoundLog, reconstruct_images
 from .window import read_window
 
 log = logging.getLogger(__name__)
+
+#: ``cube_symmetric_atoms`` from which the summary warns that the atoms are the cube's shape
+SYMMETRIC_WARNING = 0.95
 
 __all__ = ["reconstruct_window", "window_optics", "write_outputs", "default_out_dir"]
 
@@ -212,6 +216,12 @@ def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | Non
     res = reconstruct_images(prep, cfg, xp=xp, on_round=on_round, initial_atoms_A=initial_atoms_A, optics=optics,
                              frame_index=w.meta["frame"])
     last = res.rounds[-1]
+    symmetric = cube_symmetric_fraction(res.atoms.positions_A)
+    if symmetric >= SYMMETRIC_WARNING:
+        log.warning("window %s: %.2f of the %d atoms have all 24 cube mates among the atoms: the shape is the "
+                    "cube's, which a particle's own rarely is; the frames may not have told the lattice's symmetry "
+                    "mates apart, and the surface may be the particle averaged over them (docs/reconstruct.md)",
+                    window, symmetric, len(res.atoms.positions_A))
     summary = {
         "window": window, "store": str(store), "out": str(out), "frames": w.n, "frames_used": int(prep.finite.sum()),
         "frames_in_map": int(res.in_map.sum()),
@@ -225,6 +235,7 @@ def reconstruct_window(store: str | Path, window: str, out_dir: str | Path | Non
         "optics": None if optics is None else optics.as_dict(),
         "resolution_A": res.resolution_A, "mean_score": last.mean_score,
         "map_model_correlation": res.atoms.model_correlation,
+        "cube_symmetric_atoms": symmetric if math.isfinite(symmetric) else None,
         "rounds": [dataclasses.asdict(r) for r in res.rounds], "seconds": dict(res.seconds),
         "settings": dataclasses.asdict(cfg),
         "files": ["map.mrc", "half_1.mrc", "half_2.mrc", "atoms.xyz", "orientations.csv", "fsc.csv", "rounds.csv",

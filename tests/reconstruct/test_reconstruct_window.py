@@ -15,6 +15,7 @@ from btomo.reconstruct.atoms import find_atoms
 from btomo.reconstruct.config import ReconstructConfig
 from btomo.reconstruct.evaluate import orientation_errors, removed_sites_left_empty, superpose_atoms
 from btomo.reconstruct.insertion import FourierInserter
+from btomo.reconstruct.occupancy import cube_symmetric_fraction
 from btomo.reconstruct.preprocess import prepare
 from btomo.reconstruct.refine import shift_images
 from btomo.reconstruct.window import read_window
@@ -36,7 +37,8 @@ def window(tmp_path_factory):
 def test_reconstruct_command_recovers_the_atoms_of_a_simulated_window(window, tmp_path, capsys):
     out = tmp_path / "recon"
     assert main(["reconstruct", str(window.path), "--out", str(out), "--rounds", "3", "--directions", "600"]) == 0
-    assert "atoms; wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "atoms; wrote" in printed and "have all 24 cube mates among the atoms" in printed
     with mrcfile.open(out / "map.mrc") as m:
         assert m.data.ndim == 3 and m.data.dtype == np.float32
         assert float(m.voxel_size.x) == pytest.approx(0.716, abs=1e-3)
@@ -56,6 +58,7 @@ def test_reconstruct_command_recovers_the_atoms_of_a_simulated_window(window, tm
     assert summary["frames_in_map"] >= 0.4 * FRAMES, summary["frames_in_map"]
     assert sum(r["in_map"] == "1" for r in rows) == summary["frames_in_map"]
     assert (out / "report.png").stat().st_size > 10_000 and (out / "reconstruct.toml").exists()
+    assert summary["cube_symmetric_atoms"] == pytest.approx(cube_symmetric_fraction(found), abs=0.02)
     # against the truth, after superposition (rotation, translation, inversion)
     score = superpose_atoms(found, window.atoms_A)
     assert score.recall >= 0.9 and score.precision >= 0.85 and score.rmsd_A <= 0.35, score.as_dict()
