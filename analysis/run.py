@@ -10,7 +10,8 @@ paper's tables and figures.
                            mean_nn_A, r_centre_A, radial_strain
 ``structures.csv``         per structure: atoms, diameters, crystalline and disordered fractions,
                            mean CN, the nearest-neighbour peak (centre, width), mean Q4/Q6,
-                           mean radial strain, window span
+                           mean radial strain, the fraction of atoms whose 24 cube images are
+                           all atoms (1: the cube's shape; a symmetrised map), window span
 ``gr.csv``                 g(r) of every structure
 ``transitions.csv``        per consecutive pair (per particle, in time order): the alignment (map or
                            atoms), persistent / removed / rearranged atoms, displacements, etch rate
@@ -38,7 +39,8 @@ import numpy as np
 from .compare import (Correspondence, align_atoms, align_maps, etch_rate_atoms_per_s, local_correlation,
                       transform_map)
 from .config import AnalysisConfig
-from .structure import BondOrder, LocalGeometry, RadialDistribution, check_positions, cluster_volume_A3
+from .structure import (BondOrder, LocalGeometry, RadialDistribution, check_positions, cluster_volume_A3,
+                        cube_symmetric_fraction)
 from .timeseries import LatticeTrace, fit_disorder, read_frames_csv
 
 log = logging.getLogger(__name__)
@@ -190,6 +192,7 @@ def _per_structure(s: Structure, cfg: AnalysisConfig) -> tuple[dict[str, np.ndar
         "mean_q6": float(np.nanmean(bo.ql(6))) if n > 1 else math.nan,
         "mean_radial_strain": float(np.nanmean(geo.radial_strain)) if np.any(np.isfinite(geo.radial_strain))
         else math.nan,
+        "cube_symmetric_atoms": cube_symmetric_fraction(p),
     }
     return cols, summary, gr, bo.s6
 

@@ -22,13 +22,14 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import ConvexHull, cKDTree
 
+from btomo.kernels.coverage import cubic_rotations
 from btomo.kernels.crystal import FCC_VOLUME_PER_ATOM, PT_LATTICE_A, PT_NEIGHBOUR_CUTOFF_A
 from btomo.kernels.harmonics import spherical_harmonics, wigner_3j_table
 
 log = logging.getLogger(__name__)
 
 __all__ = ["check_positions", "neighbour_bonds", "BondOrder", "RadialDistribution", "LocalGeometry",
-           "fit_fcc_lattice", "nearest_fcc_sites", "equal_volume_diameter_A"]
+           "fit_fcc_lattice", "nearest_fcc_sites", "equal_volume_diameter_A", "cube_symmetric_fraction"]
 
 
 def check_positions(positions, what: str = "positions") -> np.ndarray:
@@ -431,3 +432,30 @@ class LocalGeometry(_Computed):
         """Equal-volume diameter from the atom count at the FCC density, A."""
         self._need()
         return self._diameter
+
+
+def cube_symmetric_fraction(atoms_A: np.ndarray, within_A: float = 1.0, lattice_A: float = PT_LATTICE_A) -> float:
+    """The fraction of the atoms ``(n, 3)`` (A) whose 24 images under the cube rotations of their
+    fitted FCC lattice (:func:`fit_fcc_lattice`; about the lattice site nearest their centroid)
+    all lie within ``within_A`` of an atom.
+
+    1 for a cube-symmetric shape: a full truncated octahedron, or a reconstruction averaged over
+    the lattice's symmetry mates (docs/reconstruct.md); 0.53-0.64 for the 2 nm test particles'
+    own shapes (a truncated octahedron less 20 surface atoms, irregular crystals;
+    docs/accuracy.md). ``nan`` when no lattice fits (fewer than 4 atoms, or no FCC order).
+    """
+    atoms_A = np.asarray(atoms_A, dtype=np.float64)
+    if atoms_A.ndim != 2 or atoms_A.shape[1] != 3:
+        raise ValueError(f"expected atoms of shape (n, 3), got {atoms_A.shape}")
+    if len(atoms_A) < 4:
+        return float("nan")
+    try:
+        rot, origin, _ = fit_fcc_lattice(atoms_A, lattice_A=lattice_A)
+    except ValueError:
+        return float("nan")
+    centroid = atoms_A.mean(axis=0)
+    centre = origin + (nearest_fcc_sites(((centroid - origin) @ rot / lattice_A)[None])[0] * lattice_A) @ rot.T
+    cube = np.einsum("ab,gbc,dc->gad", rot, cubic_rotations(), rot)
+    images = np.einsum("gab,nb->gna", cube, atoms_A - centre) + centre  # (24, n, 3)
+    dist, _ = cKDTree(atoms_A).query(images.reshape(-1, 3))
+    return float((dist.reshape(len(cube), -1) <= within_A).all(axis=0).mean())

@@ -60,8 +60,7 @@ from btomo.kernels.potential import scattering_factor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OccupancyResult", "matched_filter", "lattice_candidates", "site_responses", "lattice_occupancy",
-           "cube_symmetric_fraction"]
+__all__ = ["OccupancyResult", "matched_filter", "lattice_candidates", "site_responses", "lattice_occupancy"]
 
 UPSAMPLE = 2  # the filtered frames are sampled on a grid twice as fine as the voxels
 
@@ -162,30 +161,6 @@ def lattice_candidates(atoms_A: np.ndarray, shell_A: float, max_radius_A: float,
     tree = cKDTree(sites)
     perm = np.stack([tree.query((sites - centre) @ c.T + centre)[1] for c in cube])
     return sites, centre, cube, perm
-
-
-def cube_symmetric_fraction(atoms_A: np.ndarray, within_A: float = 1.0, lattice_A: float = PT_LATTICE_A) -> float:
-    """The fraction of the atoms ``(n, 3)`` (A) whose 24 images under the cube rotations of their
-    fitted FCC lattice (about the site nearest their centroid, as :func:`lattice_candidates`) all
-    lie within ``within_A`` of an atom: 1 for a cube-symmetric particle (a full truncated
-    octahedron, or a map averaged over the mates), about 0.5-0.6 for the 2 nm test particles with
-    vacancies or facets of their own (docs/accuracy.md). ``nan`` when no lattice fits (fewer than
-    4 atoms, or no FCC order)."""
-    atoms_A = np.asarray(atoms_A, dtype=np.float64)
-    if atoms_A.ndim != 2 or atoms_A.shape[1] != 3:
-        raise ValueError(f"expected atoms of shape (n, 3), got {atoms_A.shape}")
-    if len(atoms_A) < 4:
-        return float("nan")
-    try:
-        rot, origin, _ = fit_fcc_lattice(atoms_A, lattice_A=lattice_A)
-    except ValueError:
-        return float("nan")
-    centroid = atoms_A.mean(axis=0)
-    centre = origin + (nearest_fcc_sites(((centroid - origin) @ rot / lattice_A)[None])[0] * lattice_A) @ rot.T
-    cube = np.einsum("ab,gbc,dc->gad", rot, cubic_rotations(), rot)
-    images = np.einsum("gab,nb->gna", cube, atoms_A - centre) + centre  # (24, n, 3)
-    dist, _ = cKDTree(atoms_A).query(images.reshape(-1, 3))
-    return float((dist.reshape(len(cube), -1) <= within_A).all(axis=0).mean())
 
 
 def site_responses(filtered: np.ndarray, rotations: np.ndarray, shifts_px: np.ndarray, points_A: np.ndarray,

@@ -35,9 +35,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from btomo.analysis.structure import cube_symmetric_fraction
+
 from .config import ReconstructConfig
 from .ctf import Optics
-from .occupancy import cube_symmetric_fraction
 from .preprocess import prepare
 from .refine import Reconstruction, RoundLog, reconstruct_images
 from .window import read_window

@@ -8,7 +8,7 @@ import pytest
 from ase import Atoms
 from ase.io import write
 
-from btomo.analysis.structure import BondOrder
+from btomo.analysis.structure import BondOrder, cube_symmetric_fraction
 from btomo.kernels.crystal import coordination_numbers, fcc_cluster
 from btomo.kernels.superpose import signed_permutations
 from btomo.reconstruct.atoms import model_map
@@ -73,6 +73,9 @@ def test_analyze_run_dir(run_dir, capsys):
         assert np.allclose([float(r["q6"]) for r in rows], bo.ql(6), atol=1e-5)
     trans = list(csv.DictReader(open(out / "transitions.csv")))
     assert len(trans) == 2
+    per = {r["name"]: r for r in csv.DictReader(open(out / "structures.csv"))}
+    for k, atoms in enumerate(truth):  # the structure's own shape, in whatever frame it was fixed
+        assert float(per[f"p0_w{k:04d}"]["cube_symmetric_atoms"]) == pytest.approx(cube_symmetric_fraction(atoms))
     for t, n in zip(trans, removed):
         assert t["alignment"] == "maps" and float(t["alignment_correlation"]) > 0.9  # maps differ by the etched atoms
         assert int(t["removed"]) == n and int(t["rearranged"]) == 0

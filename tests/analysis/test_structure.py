@@ -7,7 +7,8 @@ from ase.cluster import Icosahedron, Octahedron
 from scipy.special import sph_harm_y
 from scipy.spatial.transform import Rotation
 
-from btomo.analysis.structure import BondOrder, LocalGeometry, RadialDistribution, fit_fcc_lattice
+from btomo.analysis.structure import (BondOrder, LocalGeometry, RadialDistribution, cube_symmetric_fraction,
+                                     fit_fcc_lattice)
 from btomo.kernels.crystal import fcc_cluster, fcc_points
 from btomo.kernels.harmonics import spherical_harmonics, wigner_3j
 
@@ -209,3 +210,36 @@ def test_bad_inputs_and_reading_before_compute():
         BondOrder(ls=(6,)).compute(fcc_cluster(1.0)).ql(4)
     lone = BondOrder().compute(np.array([[0, 0, 0], [10.0, 0, 0]]))
     assert np.all(np.isnan(lone.ql(6))) and not lone.crystalline.any()
+
+
+def _cube_union(atoms):
+    """``atoms`` (lattice sites) with all their images under the cube's 24 rotations about the
+    atom nearest their centroid: the cube-symmetrised shape that contains them."""
+    from btomo.kernels.coverage import cubic_rotations  # noqa: PLC0415
+
+    centre = atoms[np.argmin(np.linalg.norm(atoms - atoms.mean(axis=0), axis=1))]
+    images = np.concatenate([(atoms - centre) @ c.T + centre for c in cubic_rotations()])
+    return np.unique(np.round(images, 6), axis=0)
+
+
+def test_the_cube_symmetric_fraction_tells_a_crystals_own_shape_from_the_cubes():
+    """A truncated octahedron is the cube's shape (1.0); less 20 surface atoms, or an irregular
+    crystal, well below (about 0.6); the cube-symmetrised irregular crystal 1.0 again; the measure
+    does not depend on where the particle sits or how it is turned; no lattice, no number."""
+    full = fcc_cluster(2.0, "truncated_octahedron")
+    assert cube_symmetric_fraction(full) == 1.0
+    rng = np.random.default_rng(1)
+    dist = np.linalg.norm(full - full.mean(axis=0), axis=1)
+    holed = np.delete(full, rng.choice(np.flatnonzero(dist > np.median(dist)), 20, replace=False), axis=0)
+    frac = cube_symmetric_fraction(holed)
+    assert 0.3 < frac < 0.8, frac
+    turned = holed @ Rotation.random(random_state=2).as_matrix().T + np.array([3.1, -7.0, 2.2])
+    assert cube_symmetric_fraction(turned) == pytest.approx(frac)
+    irregular = fcc_cluster(2.0, "irregular", seed=4)
+    assert cube_symmetric_fraction(irregular) < 0.8
+    symmetrised = _cube_union(irregular)
+    assert len(symmetrised) > len(irregular) and cube_symmetric_fraction(symmetrised) == 1.0
+    assert np.isnan(cube_symmetric_fraction(full[:3]))
+    assert np.isnan(cube_symmetric_fraction(np.random.default_rng(0).uniform(-10, 10, (50, 3)) * 3.0))
+    with pytest.raises(ValueError, match=r"expected atoms of shape \(n, 3\)"):
+        cube_symmetric_fraction(full[:, :2])

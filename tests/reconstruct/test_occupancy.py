@@ -8,7 +8,7 @@ from btomo.kernels.coverage import cubic_rotations
 from btomo.kernels.crystal import fcc_cluster
 from btomo.kernels.rotation import quat_to_matrix, random_quaternion
 from btomo.reconstruct.atoms import model_map
-from btomo.reconstruct.occupancy import cube_symmetric_fraction, lattice_candidates, lattice_occupancy
+from btomo.reconstruct.occupancy import lattice_candidates, lattice_occupancy
 from btomo.reconstruct.projection import Projector
 
 BOX, VOXEL, LOWPASS = 40, 0.716, 1.5
@@ -108,26 +108,3 @@ def test_the_refinement_loop_takes_the_occupancy_as_its_next_reference(caplog):
     assert any("lattice occupancy:" in r.getMessage() for r in caplog.records)
     assert len(res.atoms.positions_A) > 0.5 * len(atoms)
 
-
-def test_the_cube_symmetric_fraction_tells_a_crystals_own_shape_from_the_cubes():
-    """A truncated octahedron is the cube's shape (1.0); with surface atoms taken away, or as an
-    irregular crystal, well below; its cube-symmetrised shape again 1.0; the measure does not
-    depend on where the particle sits or how it is turned."""
-    from btomo.kernels.crystal import fcc_cluster as cluster  # noqa: PLC0415
-
-    full = cluster(2.0, "truncated_octahedron")
-    assert cube_symmetric_fraction(full) == 1.0
-    rng = np.random.default_rng(1)
-    dist = np.linalg.norm(full - full.mean(axis=0), axis=1)
-    surface = np.flatnonzero(dist > np.quantile(dist, 0.5))
-    holed = np.delete(full, rng.choice(surface, 20, replace=False), axis=0)
-    frac = cube_symmetric_fraction(holed)
-    assert 0.3 < frac < 0.8, frac
-    turned = holed @ quat_to_matrix(random_quaternion(rng, 1))[0].T + np.array([3.1, -7.0, 2.2])
-    assert cube_symmetric_fraction(turned) == pytest.approx(frac)
-    irregular = _crystal()
-    assert cube_symmetric_fraction(irregular) < 0.8
-    assert cube_symmetric_fraction(_symmetrised(irregular)) == 1.0
-    assert np.isnan(cube_symmetric_fraction(full[:3]))
-    with pytest.raises(ValueError, match=r"expected atoms of shape \(n, 3\)"):
-        cube_symmetric_fraction(full[:, :2])

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from ase.io import read as ase_read
 
+from btomo.analysis.structure import cube_symmetric_fraction
 from btomo.kernels.crystal import fcc_cluster
 from btomo.kernels.rotation import quat_to_matrix, random_quaternion
 from btomo.reconstruct.atoms import find_atoms
 from btomo.reconstruct.config import ReconstructConfig
 from btomo.reconstruct.evaluate import orientation_errors, removed_sites_left_empty, superpose_atoms
 from btomo.reconstruct.insertion import FourierInserter
-from btomo.reconstruct.occupancy import cube_symmetric_fraction
 from btomo.reconstruct.preprocess import prepare
 from btomo.reconstruct.refine import shift_images
 from btomo.reconstruct.window import read_window
