@@ -203,11 +203,13 @@ def test_a_receiver_restarted_mid_series_joins_it():
     cfg = stream_config(**{"stream.max_frames": 5})
     ctx = zmq.Context.instance()
     push = _sender(cfg.stream.source, ctx)
+    # watched from the start: the first receiver may take its 5 frames and leave before any later
+    # line runs (seen under load), and a monitor attached after that never sees it go
+    monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED)
     first = Ingest(cfg, context=ctx).start()
     push.send_multipart(series_start_message(SeriesStart("s")))
     for i in range(5):
         push.send_multipart(_valid("s", i))
-    monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED)
     a = [r for r in consume(first) if isinstance(r, Frame)]
     first.close()
     # A PUSH drops what it queued to a peer that is going away (ZeroMQ's property, not btomo's:
