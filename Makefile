@@ -19,10 +19,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/btomo demo
 
-# two test processes (the suite waits on sockets, subprocesses and a terminal as much as it computes);
-# a file's tests stay together in one process, in order
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) tools/bench_simulate.py
