@@ -7,6 +7,7 @@ not been built yet say so plainly and exit 3; they never print made-up output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import logging
 import math
@@ -655,9 +656,31 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), format=LOG_FORMAT,
-                        handlers=[logging.StreamHandler(sys.stderr)], force=True)
+@contextlib.contextmanager
+def _logging(level: str):
+    """The command's logging: one handler on the root logger into ``sys.stderr`` at ``level``
+    (and the run directory's ``btomo.log``, :func:`_log_to_file`). The root logger's own handlers
+    and level come back when the command ends, and the command's handlers are closed: a command
+    called from Python (a notebook, a test) leaves no handler on a stream or file of its own behind,
+    where later records of the same process would go."""
+    root = logging.getLogger()
+    saved, saved_level = root.handlers[:], root.level
+    for h in saved:
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level))
+    try:
+        yield
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+            if h not in saved:
+                h.close()
+        for h in saved:
+            root.addHandler(h)
+        root.setLevel(saved_level)
 
 
 def _log_to_file(path: Path) -> None:
@@ -671,7 +694,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``btomo`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "log_level", "INFO"))
+    with _logging(getattr(args, "log_level", "INFO")):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; user errors become one line on stderr and an exit code."""
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         return COMMANDS[args.command](args)

@@ -133,3 +133,25 @@ def test_unwritable_output_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "Not a directory" in r.stderr
+
+
+def test_a_command_called_from_python_leaves_the_logging_as_it_found_it(tmp_path):
+    """`main()` called in a process (a notebook, a test) logs into stderr and the run's btomo.log
+    while it runs, then gives the root logger its handlers and level back and closes its own:
+    nothing later in the process goes into that run's log or into a stream that has gone."""
+    import logging  # noqa: PLC0415
+
+    root = logging.getLogger()
+    mine = logging.NullHandler()
+    root.addHandler(mine)
+    before, level = root.handlers[:], root.level
+    try:
+        run = tmp_path / "run"
+        assert main(["demo", "--seconds", "0.05", "--run-dir", str(run), "--shape", "192x192", "--no-dashboard",
+                     "--set", "frames.box_px=128", "--set", "sample.diameter_nm=1.5"]) == 0
+        assert root.handlers == before and root.level == level
+        logging.getLogger("btomo.test").warning("a record after the command")
+        text = (run / "btomo.log").read_text()
+        assert "simulated 20 frames" in text and "a record after the command" not in text
+    finally:
+        root.removeHandler(mine)
