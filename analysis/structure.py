@@ -29,7 +29,8 @@ from btomo.kernels.harmonics import spherical_harmonics, wigner_3j_table
 log = logging.getLogger(__name__)
 
 __all__ = ["check_positions", "neighbour_bonds", "BondOrder", "RadialDistribution", "LocalGeometry",
-           "fit_fcc_lattice", "nearest_fcc_sites", "equal_volume_diameter_A", "cube_symmetric_fraction"]
+           "fit_fcc_lattice", "nearest_fcc_sites", "equal_volume_diameter_A", "lattice_cube",
+           "cube_symmetric_fraction"]
 
 
 def check_positions(positions, what: str = "positions") -> np.ndarray:
@@ -434,10 +435,35 @@ class LocalGeometry(_Computed):
         return self._diameter
 
 
+def lattice_cube(atoms_A: np.ndarray, lattice_A: float = PT_LATTICE_A) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The FCC lattice fitted to the atoms ``(n, 3)`` (A; :func:`fit_fcc_lattice`), and its cube
+    rotations about the lattice site nearest the atoms' centroid.
+
+    Returns
+    -------
+    rotation : (3, 3)
+        Lattice (cubic axes) -> lab.
+    centre : (3,)
+        The site the rotations turn about, A.
+    cube : (24, 3, 3)
+        The lattice's cube rotations in the lab frame, in the order of
+        :func:`~btomo.kernels.coverage.cubic_rotations`.
+
+    Raises
+    ------
+    ValueError
+        No lattice fits (see :func:`fit_fcc_lattice`).
+    """
+    rot, origin, _ = fit_fcc_lattice(atoms_A, lattice_A=lattice_A)
+    centroid = np.asarray(atoms_A, dtype=np.float64).mean(axis=0)
+    centre = origin + (nearest_fcc_sites(((centroid - origin) @ rot / lattice_A)[None])[0] * lattice_A) @ rot.T
+    return rot, centre, np.einsum("ab,gbc,dc->gad", rot, cubic_rotations(), rot)
+
+
 def cube_symmetric_fraction(atoms_A: np.ndarray, within_A: float = 1.0, lattice_A: float = PT_LATTICE_A) -> float:
     """The fraction of the atoms ``(n, 3)`` (A) whose 24 images under the cube rotations of their
-    fitted FCC lattice (:func:`fit_fcc_lattice`; about the lattice site nearest their centroid)
-    all lie within ``within_A`` of an atom.
+    fitted FCC lattice (:func:`lattice_cube`: about the lattice site nearest their centroid) all
+    lie within ``within_A`` of an atom.
 
     1 for a cube-symmetric shape: a full truncated octahedron, or a reconstruction averaged over
     the lattice's symmetry mates (docs/reconstruct.md); 0.53-0.64 for the 2 nm test particles'
@@ -450,12 +476,9 @@ def cube_symmetric_fraction(atoms_A: np.ndarray, within_A: float = 1.0, lattice_
     if len(atoms_A) < 4:
         return float("nan")
     try:
-        rot, origin, _ = fit_fcc_lattice(atoms_A, lattice_A=lattice_A)
+        _, centre, cube = lattice_cube(atoms_A, lattice_A)
     except ValueError:
         return float("nan")
-    centroid = atoms_A.mean(axis=0)
-    centre = origin + (nearest_fcc_sites(((centroid - origin) @ rot / lattice_A)[None])[0] * lattice_A) @ rot.T
-    cube = np.einsum("ab,gbc,dc->gad", rot, cubic_rotations(), rot)
     images = np.einsum("gab,nb->gna", cube, atoms_A - centre) + centre  # (24, n, 3)
     dist, _ = cKDTree(atoms_A).query(images.reshape(-1, 3))
     return float((dist.reshape(len(cube), -1) <= within_A).all(axis=0).mean())

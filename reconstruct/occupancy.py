@@ -53,8 +53,7 @@ from scipy.ndimage import map_coordinates
 from scipy.spatial import cKDTree
 from scipy.special import logsumexp
 
-from btomo.analysis.structure import fit_fcc_lattice, nearest_fcc_sites, neighbour_bonds
-from btomo.kernels.coverage import cubic_rotations
+from btomo.analysis.structure import lattice_cube, neighbour_bonds
 from btomo.kernels.crystal import PT_LATTICE_A, PT_NEIGHBOUR_CUTOFF_A, fcc_points
 from btomo.kernels.potential import scattering_factor
 
@@ -148,16 +147,13 @@ def lattice_candidates(atoms_A: np.ndarray, shell_A: float, max_radius_A: float,
     perm : (24, m)
         ``perm[g, s]``: the candidate that ``cube[g]`` takes site ``s`` to.
     """
-    rot, origin, _ = fit_fcc_lattice(atoms_A, lattice_A=lattice_A)
-    centroid = atoms_A.mean(axis=0)
-    centre = origin + (nearest_fcc_sites(((centroid - origin) @ rot / lattice_A)[None])[0] * lattice_A) @ rot.T
+    rot, centre, cube = lattice_cube(atoms_A, lattice_A)
     # the reach of the atoms bonded to at least 3 others (a stray atom does not widen the lattice)
     i, _ = neighbour_bonds(atoms_A, PT_NEIGHBOUR_CUTOFF_A)
     bonded = np.bincount(i, minlength=len(atoms_A)) >= 3
     body = atoms_A[bonded] if bonded.sum() >= 4 else atoms_A
     radius = min(float(np.linalg.norm(body - centre, axis=1).max()) + shell_A, max_radius_A)
     sites = centre + fcc_points(radius, lattice_A) @ rot.T
-    cube = np.einsum("ab,gbc,dc->gad", rot, cubic_rotations(), rot)
     tree = cKDTree(sites)
     perm = np.stack([tree.query((sites - centre) @ c.T + centre)[1] for c in cube])
     return sites, centre, cube, perm

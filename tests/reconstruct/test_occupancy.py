@@ -107,4 +107,3 @@ def test_the_refinement_loop_takes_the_occupancy_as_its_next_reference(caplog):
     assert "occupancy" in res.seconds and len(res.rounds) == 2
     assert any("lattice occupancy:" in r.getMessage() for r in caplog.records)
     assert len(res.atoms.positions_A) > 0.5 * len(atoms)
-

@@ -61,7 +61,8 @@ def test_jobs_run_on_a_local_cluster_and_report_their_states(tmp_path):
     assert by["p0_w0002"]["seed_windows"] == ["p0_w0001", "p0_w0000"] and "seed_windows" not in by["p9_w0000"]
     rec = json.loads((tmp_path / "recon" / "p0_w0000" / "job.json").read_text())
     assert rec["frames"] == 40 and rec["box_px"] == 64 and rec["atoms"] > 0
-    assert rec["cube_symmetric_atoms"] is None or 0.0 <= rec["cube_symmetric_atoms"] <= 1.0
+    made = json.loads((tmp_path / "recon" / "p0_w0000" / "reconstruction.json").read_text())
+    assert rec["cube_symmetric_atoms"] == made["cube_symmetric_atoms"] and "cube_symmetric_atoms" in made
     assert rec["nice"] == JobsConfig().worker_nice == 10  # the reconstruction yields the CPU to the live path
     assert (tmp_path / "recon" / "p0_w0000" / "map.mrc").exists()
     assert "WindowError" in by["p0_w0001"]["reason"] and "not complete" in by["p0_w0001"]["reason"]
