@@ -2,6 +2,7 @@
 XYZ / CSV out, atoms and orientations scored against the simulator's truth. The thresholds fail
 a broken search (a control with random orientations scores far below them)."""
 import csv
+import dataclasses
 import json
 
 import mrcfile
@@ -205,8 +206,8 @@ def test_the_lattice_occupancy_and_the_mate_pass_break_the_cube_symmetry(window,
 def test_mates_chained_through_the_rotation_give_the_particle_not_its_symmetrised_shape(tmp_path):
     """A Brownian window at a dose where one frame cannot tell the cube's mates apart: every
     frame's own best mate is chance, and the map is the cube-symmetrised particle (the removed
-    surface sites filled). Chained through the rotation (``continuity``), the frames share one
-    mate, and the removed sites stay empty."""
+    surface sites filled). Chained through the rotation (``continuity``, on by default), the
+    frames share one mate, and the removed sites stay empty."""
     from btomo.kernels.rotation import quat_to_matrix
     from btomo.reconstruct.evaluate import mate_labels
     from btomo.reconstruct.run import reconstruct_window
@@ -217,7 +218,8 @@ def test_mates_chained_through_the_rotation_give_the_particle_not_its_symmetrise
     result = {}
     for chained in (False, True):
         out = tmp_path / f"continuity_{chained}"
-        reconstruct_window(w.store, w.name, out, ReconstructConfig(rounds=3, directions=600, continuity=chained))
+        cfg_r = ReconstructConfig(rounds=3, directions=600)  # the default chains
+        reconstruct_window(w.store, w.name, out, cfg_r if chained else dataclasses.replace(cfg_r, continuity=False))
         score = superpose_atoms(ase_read(out / "atoms.xyz").positions, w.atoms_A)
         rows = list(csv.DictReader(open(out / "orientations.csv")))
         rec = quat_to_matrix(np.array([[float(r[k]) for k in ("qw", "qx", "qy", "qz")] for r in rows]))
