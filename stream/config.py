@@ -40,6 +40,7 @@ __all__ = [
 
 PROTOCOLS = ("btomo", "dectris1", "dectris2")
 QUEUE_POLICIES = ("block", "drop-oldest")
+BACKLOG_POLICIES = ("auto", "wait", "skip")
 MORPHOLOGIES = ("sphere", "truncated_octahedron", "irregular")
 CODECS = ("raw", "blosc-lz4")
 
@@ -562,7 +563,13 @@ class DenoiserConfig:
     batch : int
         Crops per inference batch.
     backlog : int
-        Crops waiting for inference at most; beyond, non-lattice crops are skipped first (counted).
+        Crops waiting for inference at most (see ``backlog_policy``).
+    backlog_policy : {"auto", "wait", "skip"}
+        What a full backlog does. "skip": the new crop is skipped (a lattice crop displaces the
+        oldest non-lattice one instead), counted by reason, so that the frame loop keeps up
+        with a microscope that cannot wait. "wait": the frame loop waits for room, nothing is
+        skipped, which a file can afford. "auto" (default): "wait" for ``btomo process``,
+        "skip" for ``btomo live``.
     device : str
         "auto" (CUDA when available), "cpu" or "cuda".
     bf16 : bool
@@ -586,6 +593,7 @@ class DenoiserConfig:
     fallback_sigma_px: float = 1.5
     batch: int = 8
     backlog: int = 64
+    backlog_policy: str = "auto"
     device: str = "auto"
     bf16: bool = True
 
@@ -597,6 +605,8 @@ class DenoiserConfig:
         for name in ("channels", "train_batch", "train_steps", "train_samples", "batch", "backlog"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"denoiser.{name} must be >= 1, got {getattr(self, name)}")
+        if self.backlog_policy not in BACKLOG_POLICIES:
+            raise ConfigError(f"denoiser.backlog_policy must be one of {BACKLOG_POLICIES}, got {self.backlog_policy!r}")
         if self.blocks < 0 or self.train_warmup_steps < 0:
             raise ConfigError("denoiser.blocks and denoiser.train_warmup_steps must be >= 0")
         if self.train_crop_px < 16:

@@ -445,13 +445,17 @@ class DenoiseStage:
     track's current centre (the last ``context + track_smoothing_frames`` frames per track). When
     the per-frame stage finishes a row (with its smoothed centre), the ``context`` frames around
     it are cut at that centre into one stack and queued for a worker thread that denoises in
-    batches (so the frame loop never waits for the network).
+    batches (so the frame loop does not wait for the network while it keeps up).
 
-    The queue holds at most ``denoiser.backlog`` stacks. When it is full, a lattice stack (the
-    frames that enter windows) displaces the oldest non-lattice one; a non-lattice stack is
-    skipped; a lattice stack with only lattice stacks ahead of it is skipped too. Every skip is
-    counted by reason (``counters()``: the dashboard shows them). Raw frames and ``frames.csv``
-    never wait. Without a model file the stage says so once and uses :func:`fallback_denoise`.
+    The queue holds at most ``denoiser.backlog`` stacks. What a full queue does is
+    ``denoiser.backlog_policy``: live ("skip"), a lattice stack (the frames that enter windows)
+    displaces the oldest non-lattice one; a non-lattice stack is skipped; a lattice stack with
+    only lattice stacks ahead of it is skipped too, every skip counted by reason
+    (``counters()``: the dashboard shows them), so that the frame loop keeps up with the
+    microscope. From a file ("wait") the frame loop waits for room instead and nothing is
+    skipped (``held_s`` counts the wait): otherwise what ``btomo process`` keeps of a recording
+    would depend on how busy the machine was. Without a model file the stage says so once and
+    uses :func:`fallback_denoise`.
 
     Parameters
     ----------
@@ -464,11 +468,15 @@ class DenoiseStage:
     sink : callable, optional
         Called in the worker thread with ``(row, denoised crop, raw crop)`` for every denoised
         stack (the raw crop: the frame itself, cut at the same tracked centre).
+    offline : bool
+        The frames come from a file, which can wait: ``backlog_policy`` "auto" then waits for
+        room in a full backlog instead of skipping (default ``False``: a live stream).
     """
 
     name = "denoise"
 
-    def __init__(self, cfg: RunConfig, frames: FrameAnalysis, denoiser: Any = None, sink: Any = None):
+    def __init__(self, cfg: RunConfig, frames: FrameAnalysis, denoiser: Any = None, sink: Any = None, *,
+                 offline: bool = False):
         import threading  # noqa: PLC0415
 
         self.cfg = cfg
@@ -495,6 +503,9 @@ class DenoiseStage:
         self._waiting: deque = deque()  # rows whose later context frames have not come yet
         self._last_frame = -1
         self._queue = Backlog(self.d.backlog)  # (row, stack) waiting for the worker
+        policy = self.d.backlog_policy
+        self.policy = ("wait" if offline else "skip") if policy == "auto" else policy
+        self.held_seconds = 0.0  # the frame loop's wait for room ("wait")
         self._lock = threading.Condition()
         self._stop = False
         self.queued = self.denoised = 0
@@ -554,6 +565,11 @@ class DenoiseStage:
             return
         lattice = bool(row.get("lattice"))
         with self._lock:
+            if self.policy == "wait" and len(self._queue) >= self._queue.limit:
+                t0 = time.perf_counter()
+                while len(self._queue) >= self._queue.limit and self._worker.is_alive():
+                    self._lock.wait(0.5)  # the worker notifies when it takes a batch
+                self.held_seconds += time.perf_counter() - t0
             lost = self._queue.put((row, stack), lattice)
             if lost is not None:
                 self.skipped[lost] += 1
@@ -571,6 +587,7 @@ class DenoiseStage:
                     return
                 items = self._queue.take(self.d.batch)
                 n = len(items)
+                self._lock.notify_all()  # room for a frame loop that waits ("wait")
             t0 = time.perf_counter()
             try:
                 out = self.denoiser(np.stack([s for _, s in items]))
@@ -598,7 +615,8 @@ class DenoiseStage:
             backlog = len(self._queue)
         return {
             "method": self.method, "queued": self.queued, "denoised": self.denoised, "backlog": backlog,
-            "backlog_limit": self.d.backlog, "skipped": dict(self.skipped), "sink_errors": self.sink_errors,
+            "backlog_limit": self.d.backlog, "backlog_policy": self.policy, "held_s": round(self.held_seconds, 3),
+            "skipped": dict(self.skipped), "sink_errors": self.sink_errors,
             "crops_per_s": self.denoised / self.busy_seconds if self.busy_seconds else None,
         }
 

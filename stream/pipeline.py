@@ -47,15 +47,16 @@ class Stage(Protocol):
     def finish(self) -> dict[str, Any]: ...
 
 
-def default_stages(cfg: RunConfig, run_dir: Path | None) -> tuple[Stage, ...]:
-    """The stages ``btomo live`` and ``btomo process`` run, in order."""
+def default_stages(cfg: RunConfig, run_dir: Path | None, *, offline: bool = False) -> tuple[Stage, ...]:
+    """The stages ``btomo live`` and ``btomo process`` run, in order (``offline``: the frames come
+    from a file, which can wait for a stage that falls behind)."""
     from .denoise import DenoiseStage  # noqa: PLC0415 - torch is imported only when a pipeline runs
     from .frames import FrameAnalysis  # noqa: PLC0415
 
     from .windows import WindowStage  # noqa: PLC0415
 
     frames = FrameAnalysis(cfg, run_dir)
-    denoise = DenoiseStage(cfg, frames)
+    denoise = DenoiseStage(cfg, frames, offline=offline)
     if run_dir is None:
         return (frames, denoise)
     return (frames, denoise, WindowStage(cfg, run_dir, denoise))
@@ -271,7 +272,7 @@ def run_process(cfg: RunConfig, source: Any, run_dir: Path, *, reporter: Any = N
     cfg.acquisition.pixel_size_A = source.pixel_size_A
     cfg.acquisition.fps = source.fps
     write_config(cfg, run_dir)
-    pipeline = Pipeline(cfg, default_stages(cfg, run_dir) if stages is None else stages)
+    pipeline = Pipeline(cfg, default_stages(cfg, run_dir, offline=True) if stages is None else stages)
     _announce(pipeline)
     t0 = time.perf_counter()
     pipeline.series_start(SeriesStart(source.series, source.shape, source.dtype, source.pixel_size_A, source.fps,

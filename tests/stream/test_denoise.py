@@ -1,6 +1,8 @@
 """The denoiser: training gains against clean truth, model files, checkpoints, the live stage."""
+import itertools
 import logging
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -129,16 +131,65 @@ def test_backlog_keeps_lattice_crops_first():
 
 def test_pipeline_denoises_tracked_crops_with_the_fallback_and_says_so(recording, tmp_path, caplog):
     rec, _ = recording
-    cfg = load_config(rec / "config.toml", overrides={"jobs.enabled": False})  # no reconstruction here
+    # a backlog of 2: however busy the machine, a file waits for the denoiser instead of losing crops
+    cfg = load_config(rec / "config.toml", overrides={"jobs.enabled": False, "denoiser.backlog": 2})
     with caplog.at_level(logging.WARNING), open_source(rec) as src:
         summary = run_process(cfg, src, tmp_path / "run")
     den = summary["stage_results"]["denoise"]
     rows = summary["stage_results"]["frames"]["particle_frames"]
-    assert den["method"] == "fallback"
+    assert den["method"] == "fallback" and den["backlog_policy"] == "wait"
     assert caplog.text.count("no denoiser model") == 1
-    assert den["denoised"] > 0.95 * rows
+    assert den["skipped"]["backlog_full"] == den["skipped"]["displaced"] == 0, den
+    assert den["denoised"] > 0.95 * rows  # the rest: the series' ends, which lack context frames
     assert den["denoised"] + sum(den["skipped"].values()) == rows
     assert den["backlog"] == 0
+
+
+class _FirstFrames:
+    """The first ``n`` frames of a source (the rest of its interface passes through)."""
+
+    def __init__(self, source, n):
+        self.source, self.n = source, n
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.source), self.n)
+
+
+@pytest.mark.parametrize("policy", ["wait", "skip"])
+def test_a_full_backlog_holds_a_file_back_and_skips_for_a_live_stream(recording, tmp_path, policy):
+    """The denoiser's worker is held for the first 1.5 s, so the backlog of 2 fills: "wait"
+    (``btomo process``'s default) holds the frame loop until there is room and loses nothing;
+    "skip" (``btomo live``'s) skips and counts."""
+    from btomo.stream.denoise import DenoiseStage
+    from btomo.stream.frames import FrameAnalysis
+
+    rec, _ = recording
+    cfg = load_config(rec / "config.toml", overrides={"denoiser.backlog": 2, "denoiser.batch": 1})
+    release = threading.Event()
+    threading.Timer(1.5, release.set).start()
+
+    def held_then_fallback(stacks):
+        release.wait(10)
+        return fallback_denoise(stacks, 1.5)
+
+    frames = FrameAnalysis(cfg, tmp_path / "run")
+    stage = DenoiseStage(cfg, frames, denoiser=held_then_fallback, offline=(policy == "wait"))
+    with open_source(rec) as src:
+        summary = run_process(cfg, _FirstFrames(src, 200), tmp_path / "run", stages=(frames, stage))
+    den = summary["stage_results"]["denoise"]
+    rows = summary["stage_results"]["frames"]["particle_frames"]
+    lost = den["skipped"]["backlog_full"] + den["skipped"]["displaced"]
+    assert den["backlog_policy"] == policy and den["denoised"] + sum(den["skipped"].values()) == rows
+    if policy == "wait":
+        assert lost == 0 and den["held_s"] > 0.3, den
+    else:
+        assert lost > 0 and den["held_s"] == 0, den
 
 
 def test_cli_train_then_denoise_to_mrc_and_zarr(recording, tmp_path, capsys):

@@ -41,7 +41,7 @@ def test_coverage_and_orientations_against_the_truth_at_the_paper_dose(tmp_path)
     cfg = load_config(overrides={"acquisition.shape": "320x320", "simulate.frames": 1200, "simulate.seed": 3,
                                  "simulate.workers": 2})
     simulate(cfg, tmp_path / "rec")
-    cfg = load_config(tmp_path / "rec" / "config.toml", overrides={"jobs.enabled": False, "denoiser.backlog": 100000})
+    cfg = load_config(tmp_path / "rec" / "config.toml", overrides={"jobs.enabled": False})
     with open_source(tmp_path / "rec") as src:
         run_process(cfg, src, tmp_path / "run")
     rows = window_accuracy(tmp_path / "run" / "windows.zarr", tmp_path / "rec")
