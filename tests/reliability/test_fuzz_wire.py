@@ -377,7 +377,9 @@ class Wire:
                         f"records {out}; rejections {dict(+mal)}; frames dropped {after['frames_dropped']}")
         assert took < BATCH_BUDGET_S, f"the receiver took {took:.2f} s over a {what}"
         grown = peak_rss() - self.rss0
-        assert grown < RSS_BUDGET, f"peak memory grew by {grown >> 20} MiB over a {what}"
+        assert grown < RSS_BUDGET, (f"peak memory grew by {grown >> 20} MiB over a {what}; resident now "
+                                    f"+{(_status_kib('VmRSS') or 0) * 1024 - self.rss0 >> 20} MiB; threads alive: "
+                                    f"{sorted(t.name for t in threading.enumerate())}")
         self._check(msgs, records, before, after, what)
 
     def _check(self, msgs: list[Msg], records: list[Any], before: dict, after: dict, what: str) -> None:
@@ -456,9 +458,8 @@ def reset_peak_rss() -> int:
     On Linux the kernel's high-water mark of the resident set (``VmHWM``) is reset to the current
     resident set (writing 5 to ``/proc/self/clear_refs``), so :func:`peak_rss` then reports the peak
     since this call and the baseline is what is resident now. The process's lifetime peak
-    (``ru_maxrss``) would depend on the tests that ran before in the same process: hidden under an
-    earlier heavy test's peak when run serially, and counted against this test under pytest-xdist
-    when earlier tests kept memory resident. Where the reset is not possible, the baseline is the
+    (``ru_maxrss``) depends on the tests that ran before in the same process: a fuzzing run's growth
+    hides under any earlier heavy test's peak. Where the reset is not possible, the baseline is the
     lifetime peak so far (the growth of the peak is measured, as before)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
