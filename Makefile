@@ -19,8 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/btomo demo
 
+# two workers, one test file each at a time (--dist loadfile keeps a file's module fixtures in one process):
+# about 7.5 minutes instead of 10 serially on the 2-core development machine
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) tools/bench_simulate.py

@@ -132,7 +132,9 @@ def test_sigterm_mid_stream_flushes_windows_and_writes_the_summary(lattice_rec, 
     s = json.loads((run / "summary.json").read_text())
     assert s["stop_reason"] == "interrupted" and s["finished"] is True
     assert 0 < s["frames_processed"] == s["ingest"]["frames_accepted"] < 400
-    assert s["frames_dropped"] == {}
+    # the sender goes on after the signal: a frame that arrives once the stop is set is not accepted, and
+    # counted as such (nothing else may be dropped); seen once on a loaded machine (2 test workers)
+    assert set(s["frames_dropped"]) <= {"after_stop"}, s["frames_dropped"]
     names = _windows(run)
     assert names and s["windows_closed"] == len(names)
     for name in names:  # the open window was closed and written, like every other
