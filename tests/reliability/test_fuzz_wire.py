@@ -466,13 +466,18 @@ def reset_peak_rss() -> int:
     (``ru_maxrss``) depends on the tests that ran before in the same process: a fuzzing run's growth
     hides under any earlier heavy test's peak. Where the reset is not possible, the baseline is the
     lifetime peak so far (the growth of the peak is measured, as before)."""
+    rss = _status_kib("VmRSS") if _clear_peak() else None
+    return peak_rss() if rss is None else rss << 10
+
+
+def _clear_peak() -> bool:
+    """Reset the kernel's resident high-water mark (Linux); False where it cannot be."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
-        return peak_rss()
-    rss = _status_kib("VmRSS")
-    return peak_rss() if rss is None else rss << 10
+        return False
+    return True
 
 
 def peak_rss() -> int:
@@ -1632,10 +1637,7 @@ def test_the_peak_memory_measure_sees_a_transient_and_only_since_its_reset():
     """The fuzzing's memory bound reads the peak since :func:`reset_peak_rss`: 200 MiB touched and freed
     after a reset count, and no longer count after the next reset (so what earlier tests in the same
     process kept or touched is neither hidden under nor added to a fuzzing run's peak)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
+    if not _clear_peak():
         pytest.skip("no /proc/self/clear_refs: the lifetime peak is all there is here")
     size = 200 << 20
     base = reset_peak_rss()
