@@ -20,7 +20,10 @@
       yields almost no frames instead of a copy of the reference;
    a'. with ``continuity`` and the window's frame indices, **mates chained in time**: frames a
       few ms apart share one mate of the lattice, each chained segment's mate chosen from its
-      frames' summed scores (:mod:`~btomo.reconstruct.continuity`);
+      frames' summed scores (:mod:`~btomo.reconstruct.continuity`), each frame at the shift
+      that keeps its lattice in phase with the map's (:func:`mate_shift`; with ``recentre`` the
+      mates turn the map about the particle's centroid, which need not be a centre of the
+      lattice's symmetry);
    b. **shifts** together with the orientations: the local pass of the search also tries every
       shift on a half-voxel grid within ``shift_px`` of the crop's centre (the tracked centre);
       a fixed grid, not one re-centred on the last round's shift, so that shifts cannot drift
@@ -28,7 +31,9 @@
    c. **map** by Fourier insertion (:class:`~btomo.reconstruct.insertion.FourierInserter`) of
       the selected centred images, alternate ones into two half maps, their **FSC**;
    d. **atoms** in the (masked) map (:func:`~btomo.reconstruct.atoms.find_atoms`);
-   e. the atoms' simulated map is the next **reference**.
+   e. the atoms' simulated map is the next **reference** (with ``recentre``, centred on their
+      centroid as the crops are on the tracked particle's: a crystal's centroid need not be a
+      centre of its lattice's symmetry).
 
    The convergence is logged per round: the median change of orientations (deg), the mean
    score, the atoms and how many match the last round's within 1 A.
@@ -44,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from btomo.kernels.coverage import cubic_rotations
-from btomo.kernels.crystal import fcc_sphere_of_projected_diameter
+from btomo.kernels.crystal import PT_LATTICE_A, fcc_sphere_of_projected_diameter
 from btomo.kernels.rotation import quat_from_matrix
 
 from .atoms import AtomResult, find_atoms, model_map
@@ -63,7 +68,7 @@ log = logging.getLogger(__name__)
 SHIFT_STEP_PX = 0.5  # the shift trials' spacing, voxels: at most a quarter voxel off
 
 __all__ = ["RoundLog", "Reconstruction", "InitialModelError", "shift_images", "initial_model", "phase_randomised",
-           "select_significant", "reconstruct_images", "lattice_mates"]
+           "select_significant", "reconstruct_images", "lattice_symmetry", "mate_shift"]
 
 
 class InitialModelError(ValueError):
@@ -252,8 +257,13 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     trials = trials[np.hypot(trials[:, 0], trials[:, 1]) <= max(max_shift, SHIFT_STEP_PX) + 1e-9]
     null_p = image_polar_samples(xp.asarray(phase_randomised(images[pick], mask, rng)), search.grid)
     null_q = _to_harmonics(null_p, search.grid, xp)
-    mates = (None if not cfg.mates else cubic_rotations() if initial_atoms_A is None
-             else lattice_mates(np.asarray(initial_atoms_A, dtype=np.float64)))
+    mates, centre = None, np.zeros(3)  # the lattice's rotations onto itself, about centre (A)
+    if cfg.mates:
+        mates = cubic_rotations()  # the spherical model's lattice, about its centre (a site)
+        if initial_atoms_A is not None:
+            given = np.asarray(initial_atoms_A, dtype=np.float64)
+            mates, centre = lattice_symmetry(given - given.mean(axis=0), fallback=(mates, centre))
+            centre = centre if cfg.recentre else np.zeros(3)
     rot_prev = None
     atoms_prev = np.zeros((0, 3))
     rounds: list[RoundLog] = []
@@ -268,10 +278,10 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         found = search.search(q, projector, samples=p, trials=trials, mates=mates, candidates=chain)
         null = search.search(null_q, projector, samples=null_p, trials=trials, mates=mates)
         keep, thr = select_significant(found.score, null.score, cfg.frame_fpr, cfg.min_frames)
-        rot = found.rotations
+        rot, shifts = found.rotations, found.shift
         if chain:
-            rot, keep = _chain_mates(found, keep, frames, mates, cfg, r, first=(r == 1 and initial_atoms_A is None))
-        shifts = found.shift
+            rot, shifts, keep = _chain_mates(found, keep, frames, mates, centre / voxel, cfg, r,
+                                             first=(r == 1 and initial_atoms_A is None))
         t2 = time.perf_counter()
         seconds["search"] += t2 - t0
         chosen = np.flatnonzero(keep)
@@ -320,9 +330,16 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
                 model = occ.positions_A
             else:
                 log.info("round %d: lattice occupancy skipped (%s)", r, occ.reason)
+        if cfg.recentre:  # on the centroid, as the crops are (the tracked centre) and the initial model is
+            centroid = model.mean(axis=0)
+            model = model - centroid
+            log.debug("round %d: the next reference is centred on its atoms' centroid (moved %.2f A)", r,
+                      float(np.linalg.norm(centroid)))
         ref = model_map(model, box, voxel, cfg.lowpass_A)
         if cfg.mates:
-            mates = lattice_mates(model, fallback=mates)
+            mates, centre = lattice_symmetry(model, fallback=(mates, centre))
+            if not cfg.recentre:  # the lattice's centre stays where the spherical model's site put it
+                centre = np.zeros(3)
     assert result is not None
     result.rounds = rounds
     result.prepared = prep
@@ -331,19 +348,22 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
     return result
 
 
-def _chain_mates(found: SearchResult, keep: np.ndarray, frames: np.ndarray, mates: np.ndarray, cfg: ReconstructConfig,
-                 r: int, first: bool) -> tuple[np.ndarray, np.ndarray]:
+def _chain_mates(found: SearchResult, keep: np.ndarray, frames: np.ndarray, mates: np.ndarray, centre: np.ndarray,
+                 cfg: ReconstructConfig, r: int, first: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each frame's orientation moved onto the mate its chained segment shares (see
-    :mod:`~btomo.reconstruct.continuity`), and, in the first round from the spherical start, the
-    map's frames cut to the largest segment. Returns the orientations and the frames kept."""
+    :mod:`~btomo.reconstruct.continuity`), at the shift that keeps its lattice where it was
+    (:func:`mate_shift`; ``centre`` (3,), voxels: the lattice's symmetry centre), and, in the
+    first round from the spherical start, the map's frames cut to the largest segment. Returns
+    the orientations, the shifts (voxels) and the frames kept."""
     sync = synchronise(found.rotations, frames, mates=mates, neighbours=cfg.continuity_neighbours,
                        max_residual_deg=cfg.continuity_max_residual_deg, margin_deg=cfg.continuity_margin_deg)
     on = sync.segment >= 0
     if not on.any():
         log.info("round %d: no frames chained in time (their orientations do not follow one rotation)", r)
-        return found.rotations, keep
+        return found.rotations, found.shift, keep
     final = choose_gauges(sync.label, sync.segment, found.candidate_scores)
     rot = mate_candidates(found.rotations, mates)[np.arange(len(final)), final]
+    shifts = mate_shift(found.rotations, found.shift, rot, centre)
     sizes = sync.sizes()
     log.info("round %d: %d frames chained in time in %d segments (largest %d; %.2f of the links agree), %.2f of "
              "them moved off their own best mate", r, on.sum(), len(sizes), sizes.max(), sync.agree,
@@ -353,21 +373,37 @@ def _chain_mates(found: SearchResult, keep: np.ndarray, frames: np.ndarray, mate
         if (keep & largest).sum() >= cfg.min_frames:
             keep = keep & largest
             log.info("round %d: the first map is made of the largest segment's %d significant frames", r, keep.sum())
-    return rot, keep
+    return rot, shifts, keep
 
 
-def lattice_mates(atoms_A: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray | None:
+def mate_shift(rot: np.ndarray, shift: np.ndarray, mate_rot: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The shift (n, 2) at which a frame found at ``rot`` (n, 3, 3) and ``shift`` (n, 2) shows
+    the map's lattice in the same place at ``mate_rot``, one of its lattice's symmetry mates,
+    turned about the map's centre: ``shift + ((rot - mate_rot) centre)_xy``, with ``centre`` (3,)
+    a centre of the lattice's symmetry (same length unit as the shifts). The map's centre is the
+    particle's centroid, which need not be one (an irregular crystal's can be a voxel or more
+    from any); the frame's lattice fringes, which fix its shift, then stay in phase with the map.
+    """
+    return np.asarray(shift, dtype=np.float64) + ((np.asarray(rot) - np.asarray(mate_rot)) @ np.asarray(centre))[:, :2]
+
+
+def lattice_symmetry(atoms_A: np.ndarray, fallback: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The 24 rotations of the FCC lattice fitted to ``atoms_A`` (n, 3) onto itself, in the map's
     frame (``L S_g L^T`` with ``L`` the lattice's axes): the orientations that a lattice frame
-    cannot tell apart but the particle's shape can. ``fallback`` when no lattice fits."""
+    cannot tell apart but the particle's shape can; and the centre (3,) (A) they turn about, the
+    centre of the lattice's cubic symmetry (a site or an octahedral hole, every half lattice
+    constant along the cube's axes) nearest the map's centre. ``fallback`` (mates, centre) when
+    no lattice fits."""
     from btomo.analysis.structure import fit_fcc_lattice  # noqa: PLC0415
 
     try:
-        rot, _, _ = fit_fcc_lattice(atoms_A)
+        rot, origin, _ = fit_fcc_lattice(atoms_A)
     except ValueError as exc:
         log.warning("no FCC lattice fits the %d atoms (%s): the symmetry mates stay as they were", len(atoms_A), exc)
         return fallback
-    return np.einsum("ab,gbc,dc->gad", rot, cubic_rotations(), rot)
+    half = PT_LATTICE_A / 2.0
+    centre = origin + rot @ (half * np.round(rot.T @ -origin / half))
+    return np.einsum("ab,gbc,dc->gad", rot, cubic_rotations(), rot), centre
 
 
 def _median_change(rot: np.ndarray, prev: np.ndarray | None) -> float:

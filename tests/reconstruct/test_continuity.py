@@ -114,3 +114,37 @@ def test_summed_scores_pick_the_gauge_that_no_single_frame_tells():
     assert np.all(final[~on] == 0)
     with pytest.raises(ValueError, match="scores"):
         choose_gauges(sync.label, sync.segment, scores[:, :24])
+
+
+def test_a_frame_moved_onto_a_mate_keeps_its_lattice_in_place():
+    """The map's centre is the particle's centroid, which need not be a centre of its lattice's
+    symmetry. A frame moved onto one of its 48 candidates, at ``mate_shift``'s shift, projects
+    every lattice site exactly where it projected them before (so its fringes stay in phase with
+    the map); kept at its old shift, the sites move. ``lattice_symmetry`` finds that centre (a
+    site or an octahedral hole) from the atoms, and the lattice's rotations about it."""
+    from scipy.spatial import cKDTree
+
+    from btomo.kernels.crystal import fcc_cluster, fcc_points
+    from btomo.reconstruct.refine import lattice_symmetry, mate_shift
+
+    turn = Rotation.random(random_state=3).as_matrix()  # the lattice's axes in the map
+    atoms = fcc_cluster(2.0, "irregular", seed=1) @ turn.T  # centroid at the map's centre
+    mates, centre = lattice_symmetry(atoms, fallback=(None, None))
+    lattice = centre + fcc_points(14.0) @ turn.T  # lattice sites about the found centre
+    assert np.max(cKDTree(lattice).query(atoms)[0]) < 1e-6  # the atoms are on it: a centre of the lattice
+    assert 0.5 < np.linalg.norm(centre) < 1.8  # and not the map's centre (this crystal's centroid is off)
+    for m in mates:  # each mate maps the lattice onto itself about that centre
+        assert np.max(cKDTree(lattice).query(centre + (lattice[:200] - centre) @ m.T)[0]) < 1e-6
+    rng = np.random.default_rng(0)
+    rot = Rotation.random(5, random_state=4).as_matrix()
+    shift = rng.uniform(-1, 1, (5, 2))
+    core = lattice[np.linalg.norm(lattice - centre, axis=1) < 6.0]
+    for label in (1, 7, 24, 40):
+        moved = candidates(rot, mates)[:, label]
+        new = mate_shift(rot, shift, moved, centre)
+        for i in range(5):
+            before = cKDTree(lattice @ rot[i].T[:, :2] + shift[i])  # sites (x, y) as the frame showed them
+            d_new = before.query(core @ moved[i].T[:, :2] + new[i])[0]
+            d_old = before.query(core @ moved[i].T[:, :2] + shift[i])[0]
+            assert np.max(d_new) < 1e-6, (label, i, d_new.max())
+            assert np.max(d_old) > 0.05, (label, i)
