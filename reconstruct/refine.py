@@ -263,7 +263,6 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         if initial_atoms_A is not None:
             given = np.asarray(initial_atoms_A, dtype=np.float64)
             mates, centre = lattice_symmetry(given - given.mean(axis=0), fallback=(mates, centre))
-            centre = centre if cfg.recentre else np.zeros(3)
     rot_prev = None
     atoms_prev = np.zeros((0, 3))
     rounds: list[RoundLog] = []
@@ -280,7 +279,10 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         keep, thr = select_significant(found.score, null.score, cfg.frame_fpr, cfg.min_frames)
         rot, shifts = found.rotations, found.shift
         if chain:
-            rot, shifts, keep = _chain_mates(found, keep, frames, mates, centre / voxel, cfg, r,
+            # without recentre the map keeps its lattice's centre where the spherical model's site
+            # put it, at its own centre: the mates turn about it and a moved frame keeps its shift
+            about = centre / voxel if cfg.recentre else np.zeros(3)
+            rot, shifts, keep = _chain_mates(found, keep, frames, mates, about, cfg, r,
                                              first=(r == 1 and initial_atoms_A is None))
         t2 = time.perf_counter()
         seconds["search"] += t2 - t0
@@ -338,8 +340,6 @@ def reconstruct_images(prep: Prepared, cfg: ReconstructConfig, *, xp: Any = np,
         ref = model_map(model, box, voxel, cfg.lowpass_A)
         if cfg.mates:
             mates, centre = lattice_symmetry(model, fallback=(mates, centre))
-            if not cfg.recentre:  # the lattice's centre stays where the spherical model's site put it
-                centre = np.zeros(3)
     assert result is not None
     result.rounds = rounds
     result.prepared = prep
