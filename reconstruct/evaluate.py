@@ -11,6 +11,7 @@ translation and an inversion:
   (:func:`btomo.kernels.superpose.superpose`).
 * :func:`match_atoms` pairs atoms one to one (Hungarian) within ``within_A`` (1 A): recall =
   pairs / true atoms, precision = pairs / found atoms, RMSD over the pairs.
+* :func:`recall_by_coordination`: the recall of the bulk, facet, edge and corner atoms apart.
 * :func:`removed_sites_left_empty`: of the sites of surface atoms taken away from a cubic shape
   (the simulator's ``remove_surface``), the fraction the superposed reconstruction leaves empty.
   On a nearly cubic particle those sites are the only features that tell the cube's mates apart,
@@ -32,6 +33,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from btomo.kernels.coverage import cubic_rotations
+from btomo.kernels.crystal import coordination_numbers
 from btomo.kernels.superpose import match_atoms as _match
 from btomo.kernels.superpose import superpose
 
@@ -39,7 +41,7 @@ from .continuity import candidates
 from .search import rot_z
 
 __all__ = ["AtomScore", "match_atoms", "superpose_atoms", "removed_sites_left_empty", "orientation_errors",
-           "mate_labels", "is_centrosymmetric"]
+           "mate_labels", "is_centrosymmetric", "recall_by_coordination"]
 
 
 @dataclass
@@ -91,6 +93,21 @@ def removed_sites_left_empty(aligned_A: np.ndarray, removed_A: np.ndarray, withi
         return 1.0
     d, _ = cKDTree(aligned).query(removed)
     return float((d > within_A).mean())
+
+
+def recall_by_coordination(aligned_A: np.ndarray, true_A: np.ndarray, within_A: float = 1.0) -> dict[int, dict]:
+    """Recall of the true atoms by their coordination number (neighbours within
+    :data:`~btomo.kernels.crystal.PT_NEIGHBOUR_CUTOFF_A` in the truth): ``{cn: {"atoms": n,
+    "recall": r}}``, matched one to one within ``within_A`` (A) as :func:`match_atoms` does.
+    Says where the missed atoms are: the bulk (12), facets (9, 8), edges and corners (7 and
+    fewer). ``aligned_A``: the found atoms in the truth's frame (:attr:`AtomScore.aligned_A`)."""
+    true = np.asarray(true_A, dtype=np.float64).reshape(-1, 3)
+    hit = np.zeros(len(true), dtype=bool)
+    aligned = np.asarray(aligned_A, dtype=np.float64).reshape(-1, 3)
+    if len(aligned) and len(true):
+        hit[match_atoms(aligned, true, within_A)[1]] = True
+    cn = coordination_numbers(true)
+    return {int(c): {"atoms": int((cn == c).sum()), "recall": float(hit[cn == c].mean())} for c in np.unique(cn)}
 
 
 def is_centrosymmetric(atoms: np.ndarray, tol_A: float = 0.1) -> bool:

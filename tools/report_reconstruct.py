@@ -29,7 +29,7 @@ import numpy as np
 from ase.io import read
 
 from btomo.kernels.rotation import quat_to_matrix
-from btomo.reconstruct.evaluate import (is_centrosymmetric, mate_labels, orientation_errors,
+from btomo.reconstruct.evaluate import (is_centrosymmetric, mate_labels, orientation_errors, recall_by_coordination,
                                        removed_sites_left_empty, superpose_atoms)
 from btomo.reconstruct.run import reconstruct_window
 from btomo.stream.config import load_config
@@ -56,6 +56,7 @@ def evaluate(out: Path, recon: Path) -> dict:
     summary = json.loads((recon / "reconstruction.json").read_text())
     return {**score.as_dict(), "removed_sites": len(removed),
             "removed_sites_left_empty": removed_sites_left_empty(score.aligned_A, removed),
+            "recall_by_coordination": recall_by_coordination(score.aligned_A, truth),
             "orientation_median_deg": float(np.median(err)),
             "orientation_p90_deg": float(np.percentile(err, 90)), "orientations_inverted": inverted,
             "in_map": int(in_map.sum()), "orientation_median_in_map_deg": float(np.median(err[in_map])),

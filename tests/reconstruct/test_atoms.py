@@ -7,8 +7,8 @@ from scipy.spatial import cKDTree
 
 from btomo.kernels.crystal import fcc_cluster
 from btomo.reconstruct.atoms import find_atoms, model_map, otsu_threshold
-from btomo.reconstruct.evaluate import (is_centrosymmetric, match_atoms, removed_sites_left_empty,
-                                       superpose_atoms)
+from btomo.reconstruct.evaluate import (is_centrosymmetric, match_atoms, recall_by_coordination,
+                                       removed_sites_left_empty, superpose_atoms)
 
 
 def _particle():
@@ -86,3 +86,22 @@ def test_removed_sites_left_empty_tells_the_found_shape_from_a_symmetric_or_wron
     assert scores["truth"] == 1.0 and scores["symmetric"] == 0.0 and scores["wrong"] <= 0.5, scores
     assert math.isnan(removed_sites_left_empty(truth, np.zeros((0, 3))))
     assert removed_sites_left_empty(np.zeros((0, 3)), removed) == 1.0
+
+
+def test_recall_by_coordination_says_a_shrunk_map_lost_its_edges_not_its_bulk():
+    """A map that lost the particle's outer shell (as one from crops that attenuate the thin edge)
+    has the bulk's recall and none of the corners'; every class of the full answer is recalled."""
+    truth = fcc_cluster(2.0, "truncated_octahedron")
+    cn = np.array([len(n) - 1 for n in cKDTree(truth).query_ball_point(truth, 3.3)])
+    rng = np.random.default_rng(2)
+    jittered = truth + rng.normal(0.0, 0.1, truth.shape)
+    full = recall_by_coordination(jittered, truth)
+    assert sum(v["atoms"] for v in full.values()) == len(truth)
+    assert set(full) == set(np.unique(cn).tolist())
+    assert all(v["recall"] == 1.0 for v in full.values()), full
+    shrunk = jittered[np.linalg.norm(truth - truth.mean(0), axis=1) < 8.0]
+    by = recall_by_coordination(shrunk, truth)
+    assert by[12]["recall"] > 0.6, by
+    assert by[min(by)]["recall"] == 0.0, by  # the corners are the outermost atoms
+    assert by[12]["atoms"] == int((cn == 12).sum())
+    assert recall_by_coordination(np.zeros((0, 3)), truth)[12]["recall"] == 0.0
